@@ -1,0 +1,403 @@
+//! One typed [`Settings`] per process, loaded once from defaults and then `ORDERMESH_*`
+//! environment variables (nested with `__`, e.g. `ORDERMESH_DATABASE__URL`). A malformed value
+//! fails start-up with an error that names the variable. Secrets are never printed: `Debug`
+//! redacts credentials.
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Serialized},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The five services of the mesh. Their order fixes their default ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceName {
+    Order,
+    Inventory,
+    Payment,
+    Shipping,
+    Notification,
+}
+
+impl ServiceName {
+    /// Every service, in start-up order (callees before the order service that calls them).
+    pub const ALL: [ServiceName; 5] = [
+        ServiceName::Inventory,
+        ServiceName::Payment,
+        ServiceName::Shipping,
+        ServiceName::Notification,
+        ServiceName::Order,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Order => "order",
+            ServiceName::Inventory => "inventory",
+            ServiceName::Payment => "payment",
+            ServiceName::Shipping => "shipping",
+            ServiceName::Notification => "notification",
+        }
+    }
+
+    /// Offset from the base ports: order 0, inventory 1, payment 2, shipping 3, notification 4.
+    pub fn port_offset(self) -> u16 {
+        match self {
+            ServiceName::Order => 0,
+            ServiceName::Inventory => 1,
+            ServiceName::Payment => 2,
+            ServiceName::Shipping => 3,
+            ServiceName::Notification => 4,
+        }
+    }
+
+    /// Default gRPC port when running locally (50051 for order … 50055 for notification).
+    pub fn default_grpc_port(self) -> u16 {
+        DEFAULT_GRPC_BASE_PORT + self.port_offset()
+    }
+
+    /// Default admin HTTP port (9101 for order … 9105 for notification).
+    pub fn default_admin_port(self) -> u16 {
+        DEFAULT_ADMIN_BASE_PORT + self.port_offset()
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+pub const DEFAULT_GRPC_BASE_PORT: u16 = 50051;
+pub const DEFAULT_ADMIN_BASE_PORT: u16 = 9101;
+/// The project's own nats-server (a current one, with JetStream) listens here, apart from any
+/// older system NATS on 4222.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4250";
+
+/// Everything a service process reads from its environment.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// Which service this process is (set by its binary, not by the environment).
+    pub service: ServiceName,
+    /// Prefix for database names, stream names, subjects and cache keys, so several meshes
+    /// (or tests) share one PostgreSQL, NATS and Redis without seeing each other.
+    /// `ORDERMESH_NAMESPACE`; lower-case letters, digits and `_`.
+    pub namespace: String,
+    /// gRPC listen address. `ORDERMESH_GRPC_ADDR`; port 0 picks a free port.
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address (health, metrics). `ORDERMESH_ADMIN_ADDR`.
+    pub admin_addr: SocketAddr,
+    pub database: DatabaseSettings,
+    pub nats: NatsSettings,
+    pub redis: RedisSettings,
+    pub endpoints: Endpoints,
+    pub client: ClientSettings,
+    pub server: ServerSettings,
+    pub shutdown: ShutdownSettings,
+    pub log: LogSettings,
+    /// `local` (default): the platform's tower layers apply timeouts, retries and limits.
+    /// `istio`: the sidecar does, so in-process retries are off and never stack.
+    /// `ORDERMESH_MESH`.
+    pub mesh: MeshMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshMode {
+    Local,
+    Istio,
+}
+
+/// PostgreSQL connection. Each service owns one database, `<namespace>_<service>` unless
+/// `name` is set; it is created if missing.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DatabaseSettings {
+    /// Server URL without a database, e.g. `postgres://postgres@127.0.0.1:5432`.
+    /// `ORDERMESH_DATABASE__URL`. May carry a password; never logged.
+    pub url: String,
+    /// Database name override. `ORDERMESH_DATABASE__NAME`.
+    pub name: Option<String>,
+    /// Pool size. `ORDERMESH_DATABASE__MAX_CONNECTIONS`.
+    pub max_connections: u32,
+    /// How long a query waits for a pooled connection. `ORDERMESH_DATABASE__ACQUIRE_TIMEOUT`.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("name", &self.name)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// NATS JetStream connection. `ORDERMESH_NATS__URL`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NatsSettings {
+    pub url: String,
+}
+
+/// Redis, used only as a read-through cache: when it is down reads get slower, never wrong.
+/// `ORDERMESH_REDIS__URL`; an empty URL disables the cache.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RedisSettings {
+    pub url: String,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// Where the other services are. `ORDERMESH_ENDPOINTS__INVENTORY=http://inventory:50051`, ...
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoints {
+    pub order: String,
+    pub inventory: String,
+    pub payment: String,
+    pub shipping: String,
+    pub notification: String,
+}
+
+impl Endpoints {
+    pub fn of(&self, service: ServiceName) -> &str {
+        match service {
+            ServiceName::Order => &self.order,
+            ServiceName::Inventory => &self.inventory,
+            ServiceName::Payment => &self.payment,
+            ServiceName::Shipping => &self.shipping,
+            ServiceName::Notification => &self.notification,
+        }
+    }
+}
+
+/// Outbound gRPC calls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientSettings {
+    /// Deadline of one outbound call unless the inbound deadline is sooner.
+    /// `ORDERMESH_CLIENT__TIMEOUT`, e.g. `2s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// TCP connect timeout. `ORDERMESH_CLIENT__CONNECT_TIMEOUT`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// Inbound gRPC limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerSettings {
+    /// Largest request message accepted; larger ones get RESOURCE_EXHAUSTED.
+    /// `ORDERMESH_SERVER__MAX_MESSAGE_BYTES`.
+    pub max_message_bytes: usize,
+    /// Longest any RPC may run, whatever deadline the client asked for.
+    /// `ORDERMESH_SERVER__MAX_REQUEST_DURATION`.
+    #[serde(with = "humantime_serde")]
+    pub max_request_duration: Duration,
+    /// Concurrent requests per connection. `ORDERMESH_SERVER__MAX_CONCURRENT_STREAMS`.
+    pub max_concurrent_streams: u32,
+}
+
+/// Graceful shutdown on SIGTERM/SIGINT: report NOT_SERVING, keep serving for `delay` (so load
+/// balancers and Kubernetes endpoints stop sending traffic), stop accepting, then let in-flight
+/// calls finish for at most `drain_timeout`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShutdownSettings {
+    /// `ORDERMESH_SHUTDOWN__DELAY`, e.g. `5s` in Kubernetes, `0s` locally.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// `ORDERMESH_SHUTDOWN__DRAIN_TIMEOUT`.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogSettings {
+    /// `json` (default; one object per line) or `pretty`. `ORDERMESH_LOG__FORMAT`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info,sqlx=warn`. `ORDERMESH_LOG__FILTER`; `RUST_LOG` wins.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A configuration value that could not be used. The message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Defaults that run on one machine with `make up`.
+    pub fn defaults(service: ServiceName) -> Settings {
+        let local = |s: ServiceName| format!("http://127.0.0.1:{}", s.default_grpc_port());
+        Settings {
+            service,
+            namespace: "ordermesh".into(),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], service.default_grpc_port())),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], service.default_admin_port())),
+            database: DatabaseSettings {
+                url: "postgres://postgres@127.0.0.1:5432".into(),
+                name: None,
+                max_connections: 16,
+                acquire_timeout: Duration::from_secs(5),
+            },
+            nats: NatsSettings {
+                url: DEFAULT_NATS_URL.into(),
+            },
+            redis: RedisSettings {
+                url: "redis://127.0.0.1:6379".into(),
+            },
+            endpoints: Endpoints {
+                order: local(ServiceName::Order),
+                inventory: local(ServiceName::Inventory),
+                payment: local(ServiceName::Payment),
+                shipping: local(ServiceName::Shipping),
+                notification: local(ServiceName::Notification),
+            },
+            client: ClientSettings {
+                timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+            },
+            server: ServerSettings {
+                max_message_bytes: 1024 * 1024,
+                max_request_duration: Duration::from_secs(30),
+                max_concurrent_streams: 256,
+            },
+            shutdown: ShutdownSettings {
+                delay: Duration::ZERO,
+                drain_timeout: Duration::from_secs(20),
+            },
+            log: LogSettings {
+                format: LogFormat::Json,
+                filter: "info".into(),
+            },
+            mesh: MeshMode::Local,
+        }
+    }
+
+    /// Defaults overlaid with `ORDERMESH_*` variables.
+    pub fn load(service: ServiceName) -> Result<Settings, ConfigError> {
+        let settings: Settings = figment(service).extract().map_err(describe)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Name of this service's own database.
+    pub fn database_name(&self) -> String {
+        self.database
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}_{}", self.namespace, self.service))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ok = !self.namespace.is_empty()
+            && self.namespace.len() <= 40
+            && self
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(ConfigError(format!(
+                "ORDERMESH_NAMESPACE={:?}: use 1-40 lower-case letters, digits or '_'",
+                self.namespace
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Defaults overlaid with the environment; services read their own extra sections (e.g.
+/// `ORDERMESH_SAGA__...`) with [`extract_section`].
+fn figment(service: ServiceName) -> Figment {
+    Figment::from(Serialized::defaults(Settings::defaults(service)))
+        .merge(Env::prefixed("ORDERMESH_").split("__").ignore(&["service"]))
+}
+
+/// Reads one section of the environment (e.g. `saga` for `ORDERMESH_SAGA__*`) over defaults.
+pub fn extract_section<T: Serialize + DeserializeOwned>(
+    section: &str,
+    defaults: T,
+) -> Result<T, ConfigError> {
+    Figment::from(Serialized::defaults(defaults))
+        .merge(Env::prefixed(&format!("ORDERMESH_{}__", section.to_uppercase())).split("__"))
+        .extract()
+        .map_err(describe)
+}
+
+/// Turns a figment error into one line that names the variable and what was wrong.
+fn describe(error: figment::Error) -> ConfigError {
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let variable = match &e.metadata {
+                Some(m) => m.interpolate(&e.profile.clone().unwrap_or_default(), &e.path),
+                None => e.path.join("."),
+            };
+            format!("{variable}: {}", e.kind)
+        })
+        .collect();
+    ConfigError(messages.join("; "))
+}
+
+/// `postgres://user:secret@host` → `postgres://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432"),
+            "postgres://app:***@db:5432"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db:5432"),
+            "postgres://app@db:5432"
+        );
+        assert_eq!(redact_url("redis://127.0.0.1"), "redis://127.0.0.1");
+    }
+
+    #[test]
+    fn database_name_is_namespaced_per_service() {
+        let s = Settings::defaults(ServiceName::Inventory);
+        assert_eq!(s.database_name(), "ordermesh_inventory");
+    }
+
+    #[test]
+    fn debug_output_never_contains_the_database_password() {
+        let mut s = Settings::defaults(ServiceName::Order);
+        s.database.url = "postgres://app:hunter2@db".into();
+        assert!(!format!("{:?}", s.database).contains("hunter2"));
+    }
+}

@@ -1,0 +1,145 @@
+//! PostgreSQL: each service's own database, created if missing, migrated at start under
+//! sqlx's advisory lock (so several replicas starting at once migrate exactly once), and the
+//! mapping of database errors to gRPC codes.
+
+use std::str::FromStr;
+
+use sqlx::{
+    Connection, PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
+};
+use tonic::Status;
+
+use crate::config::DatabaseSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("ORDERMESH_DATABASE__URL is not a PostgreSQL URL: {0}")]
+    Url(#[source] sqlx::Error),
+    #[error("database name {0:?} must be 1-63 characters of a-z, 0-9 and _")]
+    Name(String),
+    #[error("connecting to PostgreSQL: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("creating database {name}: {source}")]
+    Create { name: String, source: sqlx::Error },
+    #[error("running migrations on {name}: {source}")]
+    Migrate {
+        name: String,
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+impl DbError {
+    /// Worth retrying: the server may simply not be up yet. Anything else is a real fault.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Connect(_) | DbError::Create { .. })
+            || matches!(self, DbError::Migrate { source: sqlx::migrate::MigrateError::Execute(e), .. } if is_connection_error(e))
+    }
+}
+
+/// Creates `name` if missing, opens a pool to it and runs `migrator`.
+pub async fn connect(
+    settings: &DatabaseSettings,
+    name: &str,
+    migrator: &Migrator,
+) -> Result<PgPool, DbError> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(DbError::Name(name.to_string()));
+    }
+    let server = PgConnectOptions::from_str(&settings.url).map_err(DbError::Url)?;
+    create_if_missing(&server, name).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_with(server.database(name))
+        .await
+        .map_err(DbError::Connect)?;
+    migrator
+        .run(&pool)
+        .await
+        .map_err(|source| DbError::Migrate {
+            name: name.to_string(),
+            source,
+        })?;
+    Ok(pool)
+}
+
+async fn create_if_missing(server: &PgConnectOptions, name: &str) -> Result<(), DbError> {
+    let mut conn = PgConnection::connect_with(&server.clone().database("postgres"))
+        .await
+        .map_err(DbError::Connect)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(DbError::Connect)?;
+    if !exists {
+        // The name was checked to be [a-z0-9_]+ above, so quoting it is enough.
+        match sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => tracing::info!(database = name, "created database"),
+            // Another replica created it between our check and our CREATE.
+            Err(e) if is_code(&e, "42P04") || is_code(&e, "23505") => {}
+            Err(source) => {
+                return Err(DbError::Create {
+                    name: name.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Drops a database (tests and `ordermesh` resets), disconnecting its sessions first.
+pub async fn drop_database(url: &str, name: &str) -> Result<(), sqlx::Error> {
+    let server = PgConnectOptions::from_str(url)?;
+    let mut conn = PgConnection::connect_with(&server.database("postgres")).await?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "")
+    ))
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+/// True when `error` is a PostgreSQL error with SQLSTATE `code`.
+pub fn is_code(error: &sqlx::Error, code: &str) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c == code)
+}
+
+fn is_connection_error(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    )
+}
+
+/// The gRPC status for a database error. Details stay in the log, never in the answer.
+pub fn status(error: sqlx::Error) -> Status {
+    if is_connection_error(&error) {
+        tracing::warn!(%error, "database unavailable");
+        return Status::unavailable("database unavailable, retry later");
+    }
+    // serialization_failure, deadlock_detected: the transaction may simply be retried.
+    if is_code(&error, "40001") || is_code(&error, "40P01") {
+        tracing::info!(%error, "transaction conflict");
+        return Status::aborted("concurrent update conflict, retry");
+    }
+    tracing::error!(%error, "database error");
+    Status::internal("internal database error")
+}

@@ -1,0 +1,40 @@
+//! Request limits shared by every service: message sizes, list lengths, page sizes.
+
+/// Most lines one order (or reservation) may have.
+pub const MAX_LINES: usize = 100;
+/// Most units of one SKU in one line.
+pub const MAX_QUANTITY: i64 = 10_000;
+/// Largest stock level an item can be set to.
+pub const MAX_STOCK: i64 = 1_000_000_000;
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+/// Longest free-text reason.
+pub const MAX_REASON_LEN: usize = 500;
+/// Default and largest page of a list RPC.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// tonic reports a message over the size limit as OUT_OF_RANGE; the gRPC spec (and clients'
+/// retry logic) expect RESOURCE_EXHAUSTED, so the status is rewritten on the way out.
+pub fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    let too_large = headers
+        .get("grpc-message")
+        .is_some_and(|m| m.as_bytes().windows(9).any(|w| w == b"too large"));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// Page size to use for a request's `page_size` (0 = default), or a description of why not.
+pub fn page_size(requested: u32) -> Result<u32, String> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n <= MAX_PAGE_SIZE => Ok(n),
+        n => Err(format!("must be at most {MAX_PAGE_SIZE}, got {n}")),
+    }
+}

@@ -1,0 +1,186 @@
+//! Prometheus metrics shared by every service, served on the admin port's `/metrics`.
+//! Labels are bounded: RPC labels come only from the contracts' own method names, never from
+//! what a client put in a path, and no metric carries an order or customer id.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, LazyLock},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, TextEncoder,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec,
+};
+use prost::Message;
+
+/// Latency buckets for RPCs and saga steps, 1 ms to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+macro_rules! metric {
+    ($name:ident: $ty:ty = $init:expr) => {
+        pub static $name: LazyLock<$ty> = LazyLock::new(|| {
+            #[allow(clippy::expect_used)]
+            $init.expect(concat!("metric ", stringify!($name), " registers once"))
+        });
+    };
+}
+
+metric!(RPC_REQUESTS: IntCounterVec = register_int_counter_vec!(
+    Opts::new("grpc_server_requests_total", "gRPC requests handled, by service, method and status code."),
+    &["grpc_service", "grpc_method", "grpc_code"]
+));
+metric!(RPC_DURATION: HistogramVec = register_histogram_vec!(
+    HistogramOpts::new("grpc_server_request_duration_seconds", "Time to the response headers of gRPC requests.")
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    &["grpc_service", "grpc_method"]
+));
+metric!(BUILD_INFO: IntGaugeVec = register_int_gauge_vec!(
+    Opts::new("ordermesh_build_info", "Always 1; labels say which service and version runs."),
+    &["service", "version"]
+));
+metric!(IDEMPOTENT_REPLAYS: prometheus::IntCounter = prometheus::register_int_counter!(
+    "ordermesh_idempotent_replays_total",
+    "Mutating calls answered from a stored response because their idempotency key was seen before."
+));
+metric!(READY: IntGaugeVec = register_int_gauge_vec!(
+    Opts::new("ordermesh_ready", "1 while the service reports SERVING, else 0."),
+    &["service"]
+));
+
+/// Prometheus text exposition of every registered metric.
+pub fn render() -> String {
+    let mut buffer = Vec::new();
+    // Encoding into a Vec cannot fail for well-formed metrics.
+    let _ = TextEncoder::new().encode(&prometheus::gather(), &mut buffer);
+    String::from_utf8(buffer).unwrap_or_default()
+}
+
+/// `/package.Service/Method` paths that exist in the given descriptor sets. Used to keep metric
+/// labels bounded: anything else is counted as `unknown`.
+pub fn known_methods(descriptor_sets: &[&[u8]]) -> HashSet<String> {
+    let mut known = HashSet::new();
+    for bytes in descriptor_sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(*bytes) else {
+            continue;
+        };
+        for file in set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    known.insert(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    known
+}
+
+/// Server middleware recording RED metrics per RPC.
+#[derive(Debug, Clone)]
+pub struct RpcMetricsLayer {
+    known: Arc<HashSet<String>>,
+}
+
+impl RpcMetricsLayer {
+    pub fn new(known: HashSet<String>) -> RpcMetricsLayer {
+        RpcMetricsLayer {
+            known: Arc::new(known),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics {
+            inner,
+            known: self.known.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    known: Arc<HashSet<String>>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (service, method) = labels(&self.known, request.uri().path());
+        let started = Instant::now();
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            // A unary error comes "trailers-only", so its status is in the headers; a success
+            // puts it in the trailers, after the body: no grpc-status header means OK here.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map_or(tonic::Code::Ok, tonic::Code::from);
+            RPC_REQUESTS
+                .with_label_values(&[&service, &method, &format!("{code:?}")])
+                .inc();
+            RPC_DURATION
+                .with_label_values(&[&service, &method])
+                .observe(started.elapsed().as_secs_f64());
+            Ok(response)
+        })
+    }
+}
+
+fn labels(known: &HashSet<String>, path: &str) -> (String, String) {
+    if known.contains(path)
+        && let Some((service, method)) = path.trim_start_matches('/').split_once('/')
+    {
+        return (service.to_string(), method.to_string());
+    }
+    ("unknown".into(), "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_contract_methods_become_labels() {
+        let known = known_methods(&[crate::proto::FILE_DESCRIPTOR_SET]);
+        assert_eq!(
+            labels(&known, "/ordermesh.inventory.v1.InventoryService/Reserve"),
+            (
+                "ordermesh.inventory.v1.InventoryService".into(),
+                "Reserve".into()
+            )
+        );
+        assert_eq!(
+            labels(&known, "/ordermesh.inventory.v1.InventoryService/x-9f2c"),
+            ("unknown".into(), "unknown".into())
+        );
+    }
+}

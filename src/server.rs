@@ -1,0 +1,312 @@
+//! Serving a service: the gRPC server with health and reflection, the admin HTTP port, start-up
+//! that waits for dependencies, and graceful shutdown. Every service registers its gRPC service
+//! through [`Host::add_service`], so none can forget health status or reflection.
+//!
+//! Lifecycle:
+//! 1. [`Host::bind`] binds both ports at once; health answers NOT_SERVING from the first moment.
+//! 2. [`Host::serve`] runs the service's `start` future (connect, migrate, spawn workers; it
+//!    retries until dependencies are up) and only then reports SERVING.
+//! 3. On the shutdown signal: NOT_SERVING, keep serving for `shutdown.delay`, stop accepting,
+//!    let in-flight calls finish (at most `shutdown.drain_timeout`), stop background workers,
+//!    return.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr};
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{
+    server::NamedService,
+    service::{Routes, RoutesBuilder},
+    transport::Server,
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::ServiceBuilder;
+
+use crate::{
+    config::Settings,
+    context::ContextLayer,
+    limits,
+    metrics::{self, RpcMetricsLayer},
+};
+
+/// A bound, not yet serving, service process.
+pub struct Host {
+    settings: Settings,
+    grpc_listener: TcpListener,
+    admin_listener: TcpListener,
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+    health: HealthReporter,
+    background: Background,
+}
+
+/// Spawns long-running work (consumers, relays) that stops when the service shuts down.
+#[derive(Clone, Default)]
+pub struct Background {
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Background {
+    /// Runs `task` until it returns; it should watch [`Background::cancelled`] and stop soon after.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(task);
+    }
+
+    /// Completes when shutdown asks background work to stop.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// A token that is cancelled at shutdown, for tasks that outlive a borrow of `self`.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+}
+
+impl Host {
+    /// Binds the gRPC and admin ports and logs `listening` with both addresses (tests read it).
+    pub async fn bind(settings: Settings) -> anyhow::Result<Host> {
+        let grpc_listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding gRPC port {} (ORDERMESH_GRPC_ADDR)",
+                    settings.grpc_addr
+                )
+            })?;
+        let admin_listener = TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding admin port {} (ORDERMESH_ADMIN_ADDR)",
+                    settings.admin_addr
+                )
+            })?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        let host = Host {
+            settings,
+            grpc_listener,
+            admin_listener,
+            routes,
+            names: Vec::new(),
+            health,
+            background: Background::default(),
+        };
+        tracing::info!(
+            service = %host.settings.service,
+            grpc_addr = %host.grpc_addr(),
+            admin_addr = %host.admin_addr(),
+            version = env!("CARGO_PKG_VERSION"),
+            "listening"
+        );
+        Ok(host)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener
+            .local_addr()
+            .unwrap_or(self.settings.grpc_addr)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.settings.admin_addr)
+    }
+
+    /// Background work of this process, stopped at shutdown after in-flight calls drained.
+    pub fn background(&self) -> Background {
+        self.background.clone()
+    }
+
+    /// Registers a gRPC service; its health status follows the process's.
+    pub fn add_service<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves until `shutdown` completes. `start` runs first, concurrently with serving health:
+    /// it connects dependencies (retrying while they are down) and returns when handlers can
+    /// work; an error from it is fatal.
+    pub async fn serve<St, Sh>(self, start: St, shutdown: Sh) -> anyhow::Result<()>
+    where
+        St: Future<Output = anyhow::Result<()>>,
+        Sh: Future<Output = ()>,
+    {
+        let Host {
+            settings,
+            grpc_listener,
+            admin_listener,
+            mut routes,
+            names,
+            health,
+            background,
+        } = self;
+        let service = settings.service.as_str();
+        for name in &names {
+            health
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        metrics::BUILD_INFO
+            .with_label_values(&[service, env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics::READY.with_label_values(&[service]).set(0);
+
+        routes.add_service(reflection_v1()?);
+        routes.add_service(reflection_v1alpha()?);
+        let known = metrics::known_methods(&[
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ]);
+
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let stop_accepting = CancellationToken::new();
+        let stop_admin = CancellationToken::new();
+
+        let admin = {
+            let stop = stop_admin.clone();
+            tokio::spawn(async move {
+                axum::serve(admin_listener, crate::admin::router(ready_rx))
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            })
+        };
+
+        let grpc = {
+            let stop = stop_accepting.clone();
+            let routes: Routes = routes.routes();
+            let server = Server::builder()
+                // Clients may ask for any deadline; no call runs longer than this.
+                .timeout(settings.server.max_request_duration)
+                .max_concurrent_streams(settings.server.max_concurrent_streams)
+                .tcp_nodelay(true)
+                .layer(
+                    ServiceBuilder::new()
+                        // Outermost: counts every request with its final status code.
+                        .layer(RpcMetricsLayer::new(known))
+                        // Oversized messages are RESOURCE_EXHAUSTED, as gRPC specifies.
+                        .map_response(limits::oversize_is_resource_exhausted)
+                        // Caller context and trace span for everything inside.
+                        .layer(ContextLayer),
+                );
+            let mut server = server;
+            let incoming = TcpListenerStream::new(grpc_listener);
+            let router = server.add_routes(routes);
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+            })
+        };
+
+        let set_status = |status: ServingStatus| {
+            let health = health.clone();
+            let names = names.clone();
+            async move {
+                health.set_service_status("", status).await;
+                for name in names {
+                    health.set_service_status(name, status).await;
+                }
+            }
+        };
+
+        tokio::pin!(shutdown);
+        tokio::select! {
+            started = start => {
+                started.context("start-up failed")?;
+                set_status(ServingStatus::Serving).await;
+                let _ = ready_tx.send(true);
+                metrics::READY.with_label_values(&[service]).set(1);
+                tracing::info!(service, "serving");
+                shutdown.await;
+            }
+            _ = &mut shutdown => {
+                tracing::info!(service, "shutdown requested during start-up");
+            }
+        }
+
+        tracing::info!(service, delay = ?settings.shutdown.delay, "shutting down: reporting NOT_SERVING");
+        set_status(ServingStatus::NotServing).await;
+        let _ = ready_tx.send(false);
+        metrics::READY.with_label_values(&[service]).set(0);
+        tokio::time::sleep(settings.shutdown.delay).await;
+
+        stop_accepting.cancel();
+        let drain = settings.shutdown.drain_timeout;
+        match tokio::time::timeout(drain, grpc).await {
+            Ok(Ok(result)) => result.context("gRPC server failed")?,
+            Ok(Err(join)) => return Err(join).context("gRPC server task panicked"),
+            Err(_) => tracing::warn!(
+                ?drain,
+                "in-flight calls did not finish within the drain timeout"
+            ),
+        }
+        background.token.cancel();
+        background.tracker.close();
+        if tokio::time::timeout(drain, background.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                "background work did not stop within the drain timeout"
+            );
+        }
+        stop_admin.cancel();
+        let _ = admin.await;
+        tracing::info!(service, "stopped");
+        Ok(())
+    }
+}
+
+fn reflection_v1() -> anyhow::Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection (v1)")
+}
+
+/// grpcurl before 1.9 and many tools still speak only the v1alpha reflection protocol.
+fn reflection_v1alpha() -> anyhow::Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building gRPC reflection (v1alpha)")
+}

@@ -1,0 +1,81 @@
+//! Logging and tracing set-up, in one place. Logs go to stdout as JSON (or pretty for humans);
+//! spans become OpenTelemetry traces exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! A tracer is installed even without an exporter so that W3C `traceparent` context is created
+//! and propagated on every hop either way.
+
+use opentelemetry::{global, propagation::TextMapCompositePropagator, trace::TracerProvider as _};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::{BaggagePropagator, TraceContextPropagator},
+    trace::SdkTracerProvider,
+};
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Flushes pending spans when dropped at the end of `main`.
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        // Nothing useful can be done with a failed flush while exiting.
+        let _ = self.provider.shutdown();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("log filter {filter:?}: {source}")]
+    Filter {
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("a global subscriber is already installed: {0}")]
+    Init(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Installs the global subscriber and propagators for a process named `service_name`.
+pub fn init(service_name: &str, log: &LogSettings) -> Result<TelemetryGuard, TelemetryError> {
+    let mut builder = SdkTracerProvider::builder().with_resource(
+        Resource::builder()
+            .with_service_name(service_name.to_string())
+            .build(),
+    );
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+    global::set_tracer_provider(provider.clone());
+
+    let filter_text = std::env::var("RUST_LOG").unwrap_or_else(|_| log.filter.clone());
+    let filter = EnvFilter::try_new(&filter_text).map_err(|source| TelemetryError::Filter {
+        filter: filter_text.clone(),
+        source,
+    })?;
+    let json = (log.format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+    });
+    let pretty = (log.format == LogFormat::Pretty).then(tracing_subscriber::fmt::layer);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(pretty)
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_string())))
+        .try_init()?;
+    Ok(TelemetryGuard { provider })
+}

@@ -135,8 +135,9 @@ pub fn status(error: sqlx::Error) -> Status {
         tracing::warn!(%error, "database unavailable");
         return Status::unavailable("database unavailable, retry later");
     }
-    // serialization_failure, deadlock_detected: the transaction may simply be retried.
-    if is_code(&error, "40001") || is_code(&error, "40P01") {
+    // serialization_failure, deadlock_detected, unique_violation from a concurrent insert of
+    // the same row: the request may simply be retried.
+    if is_code(&error, "40001") || is_code(&error, "40P01") || is_code(&error, "23505") {
         tracing::info!(%error, "transaction conflict");
         return Status::aborted("concurrent update conflict, retry");
     }

@@ -179,11 +179,22 @@ impl Host {
             .set(1);
         metrics::READY.with_label_values(&[service]).set(0);
 
-        routes.add_service(reflection_v1()?);
-        routes.add_service(reflection_v1alpha()?);
+        // grpcurl before 1.9 and many tools still speak only the v1alpha reflection protocol.
+        routes.add_service(
+            reflection(&names)
+                .build_v1()
+                .context("building gRPC reflection")?,
+        );
+        routes.add_service(
+            reflection(&names)
+                .build_v1alpha()
+                .context("building gRPC reflection")?,
+        );
         let known = metrics::known_methods(&[
             crate::proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ]);
 
         let (ready_tx, ready_rx) = watch::channel(false);
@@ -286,27 +297,50 @@ impl Host {
     }
 }
 
-fn reflection_v1() -> anyhow::Result<
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building gRPC reflection (v1)")
+/// Descriptor sets served by reflection: the contracts, health, and google.rpc (so grpcurl can
+/// decode BadRequest details).
+const DESCRIPTOR_SETS: [&[u8]; 3] = [
+    crate::proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_types::pb::FILE_DESCRIPTOR_SET,
+];
+
+/// A reflection builder that advertises only what this process serves (`names`), not every
+/// service in the shared descriptor set.
+fn reflection(names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure();
+    for set in DESCRIPTOR_SETS {
+        builder = builder.register_encoded_file_descriptor_set(set);
+    }
+    let always = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    for name in names.iter().copied().chain(always) {
+        builder = builder.with_service_name(name);
+    }
+    builder
 }
 
-/// grpcurl before 1.9 and many tools still speak only the v1alpha reflection protocol.
-fn reflection_v1alpha() -> anyhow::Result<
-    tonic_reflection::server::v1alpha::ServerReflectionServer<
-        impl tonic_reflection::server::v1alpha::ServerReflection,
-    >,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("building gRPC reflection (v1alpha)")
+/// The whole `main` of a service binary: settings from the environment, telemetry, then `run`
+/// until SIGTERM/SIGINT. Keeps every service's `main.rs` to one call.
+pub fn main<F, Fut>(service: crate::config::ServiceName, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Settings, crate::signal::Terminate) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let settings = Settings::load(service)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let _telemetry = crate::telemetry::init(&format!("ordermesh-{service}"), &settings.log)?;
+        let result = run(settings, crate::signal::terminate()).await;
+        if let Err(error) = &result {
+            tracing::error!(error = format!("{error:#}"), "service failed");
+        }
+        result
+    })
 }

@@ -3,6 +3,33 @@
 
 use std::{fmt::Display, future::Future, time::Duration};
 
+use sqlx::{PgPool, migrate::Migrator};
+
+use crate::{config::Settings, nats::Nats};
+
+/// The service's own database, created and migrated, once PostgreSQL is reachable.
+pub async fn database(
+    settings: &Settings,
+    migrator: &Migrator,
+) -> Result<PgPool, crate::db::DbError> {
+    let name = settings.database_name();
+    retry("postgresql", crate::db::DbError::is_transient, || {
+        crate::db::connect(&settings.database, &name, migrator)
+    })
+    .await
+}
+
+/// A NATS connection with JetStream, once the server is reachable.
+pub async fn nats(settings: &Settings) -> Result<Nats, crate::nats::NatsError> {
+    let name = format!("{}-{}", settings.namespace, settings.service);
+    retry(
+        "nats",
+        |_| true,
+        || crate::nats::connect(&settings.nats, &name),
+    )
+    .await
+}
+
 /// Calls `attempt` until it succeeds or returns an error that `transient` rejects. Logs each
 /// failure with `what` so operators see what the service is waiting for.
 pub async fn retry<T, E, F, Fut>(

@@ -1,7 +1,12 @@
 //! Request validation that reports every problem at once as `INVALID_ARGUMENT` with
 //! `google.rpc.BadRequest` field violations, before anything is written.
 
+use std::collections::HashSet;
+
 use tonic::{Code, Status};
+
+use crate::domain::{Sku, parse_quantity};
+use crate::limits::MAX_LINES;
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// Collects field violations; [`Violations::into_result`] turns them into one status.
@@ -42,6 +47,13 @@ impl Violations {
         }
     }
 
+    /// Ends validation: INVALID_ARGUMENT if anything was recorded, else the parsed values
+    /// (which every successful `parse` produced, so `None` here is a bug, reported as INTERNAL).
+    pub fn finish<T>(self, parsed: Option<T>) -> Result<T, Status> {
+        self.into_result()?;
+        parsed.ok_or_else(|| Status::internal("validation passed without a parsed value"))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.found.is_empty()
     }
@@ -66,6 +78,42 @@ impl Violations {
             details,
         ))
     }
+}
+
+/// Checks the lines of an order or reservation: 1 to [`MAX_LINES`], valid SKUs and quantities,
+/// each SKU at most once. Returns the parsed lines when all are valid.
+pub fn lines<'a>(
+    v: &mut Violations,
+    field: &str,
+    lines: impl ExactSizeIterator<Item = (&'a str, i64)>,
+) -> Vec<(Sku, i64)> {
+    if lines.len() == 0 {
+        v.add(field, "at least one line is required");
+        return Vec::new();
+    }
+    if lines.len() > MAX_LINES {
+        v.add(
+            field,
+            format!("at most {MAX_LINES} lines are allowed, got {}", lines.len()),
+        );
+        return Vec::new();
+    }
+    let mut parsed = Vec::with_capacity(lines.len());
+    let mut seen = HashSet::new();
+    for (i, (sku, quantity)) in lines.enumerate() {
+        let sku = v.parse(&format!("{field}[{i}].sku"), Sku::parse(sku));
+        let quantity = v.parse(&format!("{field}[{i}].quantity"), parse_quantity(quantity));
+        if let (Some(sku), Some(quantity)) = (sku, quantity) {
+            if !seen.insert(sku.clone()) {
+                v.add(
+                    format!("{field}[{i}].sku"),
+                    format!("SKU {sku} appears more than once; merge the lines"),
+                );
+            }
+            parsed.push((sku, quantity));
+        }
+    }
+    parsed
 }
 
 /// The field violations carried by a status (empty if none), for clients and tests.

@@ -1,1 +1,33 @@
+//! The inventory service: stock per SKU and per-order reservations. Reserve is all-or-nothing
+//! across an order's lines, never oversells under concurrency (rows are locked in SKU order),
+//! and, like Release and Commit, is idempotent by key.
+#![forbid(unsafe_code)]
 
+mod api;
+mod store;
+
+use std::future::Future;
+
+use ordermesh::{
+    config::Settings, proto::inventory::inventory_service_server::InventoryServiceServer,
+    ready::Ready, server::Host,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Serves the inventory API until `shutdown` completes.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let pool = Ready::default();
+    let mut host = Host::bind(settings).await?;
+    let max_message = host.settings().server.max_message_bytes;
+    host.add_service(
+        InventoryServiceServer::new(api::Inventory::new(pool.clone()))
+            .max_decoding_message_size(max_message),
+    );
+    let settings = host.settings().clone();
+    let start = async move {
+        pool.set(ordermesh::startup::database(&settings, &MIGRATOR).await?);
+        Ok(())
+    };
+    host.serve(start, shutdown).await
+}

@@ -1,1 +1,42 @@
+//! The notification service: records exactly one customer notification per order outcome
+//! event (OrderConfirmed, OrderCancelled) consumed from JetStream, and lists them.
+#![forbid(unsafe_code)]
 
+mod api;
+mod store;
+
+use std::future::Future;
+
+use ordermesh::{
+    config::Settings, nats::Names,
+    proto::notification::notification_service_server::NotificationServiceServer, ready::Ready,
+    server::Host,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Serves the notification API until `shutdown` completes.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let pool = Ready::default();
+    let mut host = Host::bind(settings).await?;
+    let max_message = host.settings().server.max_message_bytes;
+    host.add_service(
+        NotificationServiceServer::new(api::Notifications::new(pool.clone()))
+            .max_decoding_message_size(max_message),
+    );
+    let settings = host.settings().clone();
+    let start = async move {
+        let db = ordermesh::startup::database(&settings, &MIGRATOR).await?;
+        let nats = ordermesh::startup::nats(&settings).await?;
+        let names = Names::new(&settings.namespace);
+        ordermesh::startup::retry(
+            "order events stream",
+            |_| true,
+            || ordermesh::nats::ensure_stream(&nats.jetstream, names.order_events_config()),
+        )
+        .await?;
+        pool.set(db);
+        Ok(())
+    };
+    host.serve(start, shutdown).await
+}

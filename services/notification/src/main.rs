@@ -1,1 +1,7 @@
-fn main() {}
+//! The notification service binary: see the crate documentation.
+fn main() -> anyhow::Result<()> {
+    ordermesh::server::main(
+        ordermesh::config::ServiceName::Notification,
+        ordermesh_notification::run,
+    )
+}

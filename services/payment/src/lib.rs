@@ -1,1 +1,54 @@
+//! The payment service: charges and refunds through a sandbox processor, idempotent by key.
+//! Two behaviours (v1 and the canary v2) are selected by configuration and reported in the
+//! `x-payment-version` response header and on every payment.
+#![forbid(unsafe_code)]
 
+mod api;
+mod processor;
+mod store;
+
+use std::future::Future;
+
+use ordermesh::{
+    config::Settings, proto::payment::payment_service_server::PaymentServiceServer, ready::Ready,
+    server::Host,
+};
+use serde::{Deserialize, Serialize};
+
+pub use processor::Version;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// `ORDERMESH_PAYMENT__*` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PaymentSettings {
+    /// Processor behaviour: `v1` (stable) or `v2` (canary). `ORDERMESH_PAYMENT__VERSION`.
+    pub version: Version,
+}
+
+/// Serves the payment API until `shutdown` completes.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let payment: PaymentSettings = ordermesh::config::extract_section(
+        "payment",
+        PaymentSettings {
+            version: Version::V1,
+        },
+    )?;
+    let pool = Ready::default();
+    let mut host = Host::bind(settings).await?;
+    let max_message = host.settings().server.max_message_bytes;
+    host.add_service(
+        PaymentServiceServer::new(api::Payments::new(pool.clone(), payment.version))
+            .max_decoding_message_size(max_message),
+    );
+    tracing::info!(
+        version = payment.version.as_str(),
+        "payment processor behaviour"
+    );
+    let settings = host.settings().clone();
+    let start = async move {
+        pool.set(ordermesh::startup::database(&settings, &MIGRATOR).await?);
+        Ok(())
+    };
+    host.serve(start, shutdown).await
+}

@@ -1,1 +1,7 @@
-fn main() {}
+//! The payment service binary: see the crate documentation.
+fn main() -> anyhow::Result<()> {
+    ordermesh::server::main(
+        ordermesh::config::ServiceName::Payment,
+        ordermesh_payment::run,
+    )
+}

@@ -1,1 +1,33 @@
+//! The shipping service: creates and voids shipping labels (tracking numbers), idempotent by key.
+//! Only the country of the address is kept; the full address is personal data it does not need
+//! after printing.
+#![forbid(unsafe_code)]
 
+mod api;
+mod store;
+
+use std::future::Future;
+
+use ordermesh::{
+    config::Settings, proto::shipping::shipping_service_server::ShippingServiceServer,
+    ready::Ready, server::Host,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Serves the shipping API until `shutdown` completes.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let pool = Ready::default();
+    let mut host = Host::bind(settings).await?;
+    let max_message = host.settings().server.max_message_bytes;
+    host.add_service(
+        ShippingServiceServer::new(api::Shipping::new(pool.clone()))
+            .max_decoding_message_size(max_message),
+    );
+    let settings = host.settings().clone();
+    let start = async move {
+        pool.set(ordermesh::startup::database(&settings, &MIGRATOR).await?);
+        Ok(())
+    };
+    host.serve(start, shutdown).await
+}

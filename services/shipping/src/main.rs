@@ -1,1 +1,7 @@
-fn main() {}
+//! The shipping service binary: see the crate documentation.
+fn main() -> anyhow::Result<()> {
+    ordermesh::server::main(
+        ordermesh::config::ServiceName::Shipping,
+        ordermesh_shipping::run,
+    )
+}

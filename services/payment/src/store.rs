@@ -1,0 +1,245 @@
+//! Payment persistence. Charge and Refund of one order serialise on a transaction-scoped
+//! advisory lock of the order id, so a refund racing a late charge cannot leave money taken.
+
+use chrono::{DateTime, Utc};
+use ordermesh::{
+    db, idempotency,
+    proto::{
+        common::Money,
+        payment::{ChargeResponse, Payment, PaymentStatus, RefundResponse},
+    },
+    time::to_proto,
+};
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::processor::{self, Version};
+
+#[derive(sqlx::FromRow)]
+struct PaymentRow {
+    payment_id: Uuid,
+    order_id: Uuid,
+    status: String,
+    currency: String,
+    amount_minor: i64,
+    refunded_minor: i64,
+    decline_reason: String,
+    card_last4: String,
+    card_fingerprint: String,
+    processor_version: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "payment_id, order_id, status, currency, amount_minor, refunded_minor, decline_reason, \
+                       card_last4, card_fingerprint, processor_version, created_at, updated_at";
+
+impl From<PaymentRow> for Payment {
+    fn from(r: PaymentRow) -> Payment {
+        let money = |amount_minor| {
+            Some(Money {
+                currency_code: r.currency.clone(),
+                amount_minor,
+            })
+        };
+        Payment {
+            payment_id: r.payment_id.to_string(),
+            order_id: r.order_id.to_string(),
+            status: PaymentStatus::from_str_name(&r.status).unwrap_or_default() as i32,
+            amount: money(r.amount_minor),
+            refunded: money(r.refunded_minor),
+            decline_reason: r.decline_reason,
+            card_last4: r.card_last4,
+            card_fingerprint: r.card_fingerprint,
+            processor_version: r.processor_version,
+            created_at: Some(to_proto(r.created_at)),
+            updated_at: Some(to_proto(r.updated_at)),
+        }
+    }
+}
+
+async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<(), Status> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db::status)?;
+    Ok(())
+}
+
+async fn load(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<PaymentRow>, Status> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE order_id = $1"
+    ))
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db::status)
+}
+
+pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Payment>, Status> {
+    let mut conn = pool.acquire().await.map_err(db::status)?;
+    Ok(load(&mut conn, order_id).await?.map(Into::into))
+}
+
+/// What a Charge carries once validated.
+pub struct Charge<'a> {
+    pub order_id: Uuid,
+    pub currency: &'a str,
+    pub amount_minor: i64,
+    pub token: &'a str,
+}
+
+pub async fn charge(
+    pool: &PgPool,
+    key: &str,
+    request: &impl prost::Message,
+    charge: Charge<'_>,
+    version: Version,
+) -> Result<ChargeResponse, Status> {
+    let mut tx = pool.begin().await.map_err(db::status)?;
+    if let Some(replay) = idempotency::claim(&mut tx, key, request).await? {
+        return Ok(replay);
+    }
+    lock_order(&mut tx, charge.order_id).await?;
+    let blocked: Option<String> =
+        sqlx::query_scalar("SELECT reason FROM payment_blocks WHERE order_id = $1")
+            .bind(charge.order_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db::status)?;
+    if let Some(reason) = blocked {
+        return Err(Status::failed_precondition(format!(
+            "order {} was cancelled before it was charged ({reason}); nothing was charged",
+            charge.order_id
+        )));
+    }
+    if load(&mut tx, charge.order_id).await?.is_some() {
+        return Err(Status::failed_precondition(format!(
+            "order {} already has a payment; retry with its original idempotency key",
+            charge.order_id
+        )));
+    }
+    let (status, decline_reason) =
+        match processor::authorize(version, charge.token, charge.amount_minor) {
+            Ok(()) => (PaymentStatus::Captured, String::new()),
+            Err(reason) => (PaymentStatus::Declined, reason),
+        };
+    let last4: String = {
+        let chars: Vec<char> = charge.token.chars().collect();
+        chars[chars.len().saturating_sub(4)..].iter().collect()
+    };
+    let fingerprint = format!("{:x}", Sha256::digest(charge.token.as_bytes()));
+    let row: PaymentRow = sqlx::query_as(&format!(
+        "INSERT INTO payments (payment_id, order_id, status, currency, amount_minor, decline_reason, card_last4,
+                               card_fingerprint, processor_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(charge.order_id)
+    .bind(status.as_str_name())
+    .bind(charge.currency)
+    .bind(charge.amount_minor)
+    .bind(&decline_reason)
+    .bind(&last4)
+    .bind(&fingerprint)
+    .bind(version.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db::status)?;
+    let response = ChargeResponse {
+        payment: Some(row.into()),
+    };
+    idempotency::record(&mut tx, key, &response).await?;
+    tx.commit().await.map_err(db::status)?;
+    Ok(response)
+}
+
+/// Refunds `amount_minor` (or everything left, when `None`) of the order's charge. Never refunds
+/// more than was charged; with no charge, blocks the order against a late one.
+pub async fn refund(
+    pool: &PgPool,
+    key: &str,
+    request: &impl prost::Message,
+    order_id: Uuid,
+    amount_minor: Option<i64>,
+    reason: &str,
+) -> Result<RefundResponse, Status> {
+    let mut tx = pool.begin().await.map_err(db::status)?;
+    if let Some(replay) = idempotency::claim(&mut tx, key, request).await? {
+        return Ok(replay);
+    }
+    lock_order(&mut tx, order_id).await?;
+    let Some(payment) = load(&mut tx, order_id).await? else {
+        sqlx::query(
+            "INSERT INTO payment_blocks (order_id, reason) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(db::status)?;
+        let response = RefundResponse {
+            payment: None,
+            refunded_now: None,
+        };
+        idempotency::record(&mut tx, key, &response).await?;
+        tx.commit().await.map_err(db::status)?;
+        return Ok(response);
+    };
+    let charged = payment.status != PaymentStatus::Declined.as_str_name();
+    let left = if charged {
+        payment.amount_minor - payment.refunded_minor
+    } else {
+        0
+    };
+    let now = match amount_minor {
+        None => left,
+        Some(asked) if asked <= left => asked,
+        Some(asked) => {
+            return Err(Status::failed_precondition(format!(
+                "refund of {asked} exceeds the {left} minor units left of the charge"
+            )));
+        }
+    };
+    let row = if now > 0 {
+        sqlx::query("INSERT INTO refunds (refund_id, payment_id, amount_minor, reason) VALUES ($1, $2, $3, $4)")
+            .bind(Uuid::now_v7())
+            .bind(payment.payment_id)
+            .bind(now)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await
+            .map_err(db::status)?;
+        let status = if now == left {
+            PaymentStatus::Refunded
+        } else {
+            PaymentStatus::PartiallyRefunded
+        };
+        sqlx::query_as(&format!(
+            "UPDATE payments SET refunded_minor = refunded_minor + $2, status = $3, updated_at = now()
+             WHERE payment_id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(payment.payment_id)
+        .bind(now)
+        .bind(status.as_str_name())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db::status)?
+    } else {
+        payment
+    };
+    let currency = row.currency.clone();
+    let response = RefundResponse {
+        payment: Some(row.into()),
+        refunded_now: Some(Money {
+            currency_code: currency,
+            amount_minor: now,
+        }),
+    };
+    idempotency::record(&mut tx, key, &response).await?;
+    tx.commit().await.map_err(db::status)?;
+    Ok(response)
+}

@@ -70,7 +70,10 @@ pub fn init(service_name: &str, log: &LogSettings) -> Result<TelemetryGuard, Tel
             .with_current_span(false)
             .with_span_list(false)
     });
-    let pretty = (log.format == LogFormat::Pretty).then(tracing_subscriber::fmt::layer);
+    // Colours only for a terminal: `ordermesh up` and log collectors read plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let pretty =
+        (log.format == LogFormat::Pretty).then(|| tracing_subscriber::fmt::layer().with_ansi(ansi));
     tracing_subscriber::registry()
         .with(filter)
         .with(json)

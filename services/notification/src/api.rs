@@ -10,18 +10,17 @@ use ordermesh::{
     ready::Ready,
     validation::Violations,
 };
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::store;
+use crate::{Deps, store};
 
 pub struct Notifications {
-    pool: Ready<PgPool>,
+    deps: Ready<Deps>,
 }
 
 impl Notifications {
-    pub fn new(pool: Ready<PgPool>) -> Notifications {
-        Notifications { pool }
+    pub(crate) fn new(deps: Ready<Deps>) -> Notifications {
+        Notifications { deps }
     }
 }
 
@@ -58,7 +57,8 @@ impl NotificationService for Notifications {
             )
         };
         let size = v.finish(size)?;
-        let notifications = store::list(self.pool.get()?, order_id, kind, before, size).await?;
+        let notifications =
+            store::list(&self.deps.get()?.pool, order_id, kind, before, size).await?;
         let next_page_token = match notifications.last() {
             Some(last) if notifications.len() == size as usize => last.notification_id.clone(),
             _ => String::new(),

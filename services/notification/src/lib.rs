@@ -13,15 +13,23 @@ use ordermesh::{
     server::Host,
 };
 
+/// What handlers need once start-up has connected everything.
+pub(crate) struct Deps {
+    pub pool: sqlx::PgPool,
+    /// Kept for the life of the process: dropping the last handle closes the connection.
+    #[allow(dead_code)]
+    pub nats: ordermesh::nats::Nats,
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serves the notification API until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let pool = Ready::default();
+    let deps = Ready::default();
     let mut host = Host::bind(settings).await?;
     let max_message = host.settings().server.max_message_bytes;
     host.add_service(
-        NotificationServiceServer::new(api::Notifications::new(pool.clone()))
+        NotificationServiceServer::new(api::Notifications::new(deps.clone()))
             .max_decoding_message_size(max_message),
     );
     let settings = host.settings().clone();
@@ -35,7 +43,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             || ordermesh::nats::ensure_stream(&nats.jetstream, names.order_events_config()),
         )
         .await?;
-        pool.set(db);
+        deps.set(Deps { pool: db, nats });
         Ok(())
     };
     host.serve(start, shutdown).await

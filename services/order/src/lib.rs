@@ -20,6 +20,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// What handlers need once start-up has connected everything.
 pub(crate) struct Deps {
     pub pool: sqlx::PgPool,
+    /// Kept for the life of the process: dropping the last handle closes the connection.
+    #[allow(dead_code)]
+    pub nats: ordermesh::nats::Nats,
 }
 
 /// Serves the order API until `shutdown` completes.
@@ -42,7 +45,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             || ordermesh::nats::ensure_stream(&nats.jetstream, names.order_events_config()),
         )
         .await?;
-        deps.set(Deps { pool });
+        deps.set(Deps { pool, nats });
         Ok(())
     };
     host.serve(start, shutdown).await

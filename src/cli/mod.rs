@@ -1,0 +1,100 @@
+//! The `ordermesh` CLI (client side only: it starts services as separate processes and talks
+//! to them over gRPC, the way Kubernetes and users do).
+
+mod inventory;
+mod order;
+pub(crate) mod output;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    client,
+    config::{DEFAULT_GRPC_BASE_PORT, ServiceName, Settings},
+    proto::{
+        inventory::inventory_service_client::InventoryServiceClient,
+        order::order_service_client::OrderServiceClient,
+    },
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ordermesh",
+    version,
+    about = "Resilient order processing on a service mesh"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start all five services locally, wait until they are SERVING, stream their logs; Ctrl-C stops them.
+    Up(up::UpArgs),
+    /// Create and read orders.
+    #[command(subcommand)]
+    Order(order::OrderCommand),
+    /// Set and read stock levels.
+    #[command(subcommand)]
+    Inventory(inventory::InventoryCommand),
+}
+
+/// Where the services are, for client commands. Defaults match `ordermesh up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoints {
+    /// Order service gRPC endpoint.
+    #[arg(long, env = "ORDERMESH_ENDPOINTS__ORDER", default_value_t = local(ServiceName::Order))]
+    order_endpoint: String,
+    /// Inventory service gRPC endpoint.
+    #[arg(long, env = "ORDERMESH_ENDPOINTS__INVENTORY", default_value_t = local(ServiceName::Inventory))]
+    inventory_endpoint: String,
+}
+
+type Traced =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, client::Propagate>;
+
+impl Endpoints {
+    fn order(&self) -> anyhow::Result<OrderServiceClient<Traced>> {
+        let (channel, propagate) = connect(&self.order_endpoint)?;
+        Ok(OrderServiceClient::with_interceptor(channel, propagate))
+    }
+
+    fn inventory(&self) -> anyhow::Result<InventoryServiceClient<Traced>> {
+        let (channel, propagate) = connect(&self.inventory_endpoint)?;
+        Ok(InventoryServiceClient::with_interceptor(channel, propagate))
+    }
+}
+
+fn connect(url: &str) -> anyhow::Result<(tonic::transport::Channel, client::Propagate)> {
+    let settings = Settings::defaults(ServiceName::Order).client;
+    Ok((
+        client::channel(url, &settings)?,
+        client::Propagate::new(settings.timeout),
+    ))
+}
+
+fn local(service: ServiceName) -> String {
+    format!(
+        "http://127.0.0.1:{}",
+        DEFAULT_GRPC_BASE_PORT + service.port_offset()
+    )
+}
+
+/// Runs a parsed command line; prints errors as one readable message.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Order(command) => order::run(command).await,
+        Command::Inventory(command) => inventory::run(command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

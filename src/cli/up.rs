@@ -1,0 +1,315 @@
+//! `ordermesh up`: runs the five service binaries as child processes (as Kubernetes would run
+//! containers), waits for each to report SERVING over gRPC health, prints the endpoints, streams
+//! logs with a service prefix, and on Ctrl-C/SIGTERM stops them gracefully (SIGTERM, then wait).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::{Child, Command},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use super::Endpoints;
+use crate::{
+    config::{DEFAULT_ADMIN_BASE_PORT, DEFAULT_GRPC_BASE_PORT, ServiceName},
+    proto::{
+        common::{Address, Money},
+        inventory::UpsertItemRequest,
+        order::{CreateOrderRequest, OrderLine},
+    },
+};
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Directory with the service binaries (ordermesh-order, ...); defaults to this binary's directory.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// gRPC port of the order service; inventory, payment, shipping and notification take the next four.
+    #[arg(long, default_value_t = DEFAULT_GRPC_BASE_PORT)]
+    grpc_base_port: u16,
+    /// Admin (health, metrics) port of the order service; the others take the next four.
+    #[arg(long, default_value_t = DEFAULT_ADMIN_BASE_PORT)]
+    admin_base_port: u16,
+    /// Once everything is SERVING, seed demo stock and place a demo order.
+    #[arg(long)]
+    demo: bool,
+    /// Seconds to wait for every service to report SERVING.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
+}
+
+struct Running {
+    service: ServiceName,
+    child: Child,
+    grpc: String,
+    admin: String,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()
+            .context("locating the ordermesh binary")?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("the ordermesh binary has no parent directory")?,
+    };
+    let port = |base: u16, s: ServiceName| {
+        base.checked_add(s.port_offset())
+            .with_context(|| format!("base port {base} leaves no room for {s}"))
+    };
+    let mut env: HashMap<String, String> = HashMap::new();
+    for s in ServiceName::ALL {
+        env.insert(
+            format!("ORDERMESH_ENDPOINTS__{}", s.as_str().to_uppercase()),
+            format!("http://127.0.0.1:{}", port(args.grpc_base_port, s)?),
+        );
+    }
+
+    let mut running: Vec<Running> = Vec::new();
+    for s in ServiceName::ALL {
+        let binary = bin_dir.join(format!("ordermesh-{s}"));
+        if !binary.is_file() {
+            stop_all(&mut running).await;
+            bail!(
+                "service binary {} not found; build them with `cargo build --release --workspace --bins` (make up does) or pass --bin-dir",
+                binary.display()
+            );
+        }
+        let grpc = format!("127.0.0.1:{}", port(args.grpc_base_port, s)?);
+        let admin = format!("127.0.0.1:{}", port(args.admin_base_port, s)?);
+        let mut command = Command::new(&binary);
+        command
+            .envs(&env)
+            .env("ORDERMESH_GRPC_ADDR", &grpc)
+            .env("ORDERMESH_ADMIN_ADDR", &admin)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if std::env::var_os("ORDERMESH_LOG__FORMAT").is_none() {
+            command.env("ORDERMESH_LOG__FORMAT", "pretty");
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(prefix_lines(s, out));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(prefix_lines(s, err));
+        }
+        running.push(Running {
+            service: s,
+            child,
+            grpc,
+            admin,
+        });
+    }
+
+    if let Err(error) = wait_serving(&mut running, Duration::from_secs(args.ready_timeout)).await {
+        stop_all(&mut running).await;
+        return Err(error);
+    }
+    println!("\nordermesh is up ({} services SERVING)\n", running.len());
+    println!(
+        "  {:<13} {:<22} {:<22}",
+        "service", "gRPC", "admin (health, metrics)"
+    );
+    for r in &running {
+        println!(
+            "  {:<13} {:<22} http://{}/metrics",
+            r.service.as_str(),
+            r.grpc,
+            r.admin
+        );
+    }
+    println!(
+        "\n  try: grpcurl -plaintext {} list\n  Ctrl-C stops everything.\n",
+        running[running.len() - 1].grpc
+    );
+
+    if args.demo {
+        let endpoints = Endpoints {
+            order_endpoint: format!(
+                "http://127.0.0.1:{}",
+                port(args.grpc_base_port, ServiceName::Order)?
+            ),
+            inventory_endpoint: format!(
+                "http://127.0.0.1:{}",
+                port(args.grpc_base_port, ServiceName::Inventory)?
+            ),
+        };
+        if let Err(error) = demo(&endpoints).await {
+            eprintln!("demo failed: {error:#}");
+        }
+    }
+
+    let exited = tokio::select! {
+        _ = crate::signal::terminate() => None,
+        exited = first_exit(&mut running) => Some(exited),
+    };
+    if let Some((service, status)) = &exited {
+        eprintln!("{service} exited unexpectedly ({status}); stopping the others");
+    }
+    stop_all(&mut running).await;
+    match exited {
+        Some((service, _)) => bail!("{service} stopped unexpectedly"),
+        None => Ok(()),
+    }
+}
+
+async fn prefix_lines(service: ServiceName, stream: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        println!("{:>12} | {line}", service.as_str());
+    }
+}
+
+/// Polls gRPC health of every service until all are SERVING; fails if one exits or time runs out.
+async fn wait_serving(running: &mut [Running], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for r in running.iter_mut() {
+        let endpoint = format!("http://{}", r.grpc);
+        loop {
+            if let Some(status) = r.child.try_wait()? {
+                bail!(
+                    "{} exited during start-up ({status}); its log is above",
+                    r.service
+                );
+            }
+            if check_serving(&endpoint).await {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not report SERVING within {timeout:?}; is PostgreSQL, NATS (ORDERMESH_NATS__URL) reachable? `make infra` starts them",
+                    r.service
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn check_serving(endpoint: &str) -> bool {
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.to_string()) else {
+        return false;
+    };
+    let Ok(channel) = channel
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut client = HealthClient::new(channel);
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(Duration::from_secs(1));
+    matches!(client.check(request).await, Ok(r) if r.get_ref().status() == ServingStatus::Serving)
+}
+
+async fn first_exit(running: &mut [Running]) -> (ServiceName, std::process::ExitStatus) {
+    loop {
+        for r in running.iter_mut() {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                return (r.service, status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SIGTERM to every child (order first: it calls the others), then wait; SIGKILL after 30 s.
+async fn stop_all(running: &mut Vec<Running>) {
+    for r in running.iter().rev() {
+        if let Some(pid) = r.child.id() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for r in running.iter_mut().rev() {
+        match tokio::time::timeout(Duration::from_secs(30), r.child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => eprintln!("{} exited with {status}", r.service),
+            _ => {
+                eprintln!("{} did not stop within 30 s; killing it", r.service);
+                let _ = r.child.kill().await;
+            }
+        }
+    }
+    running.clear();
+}
+
+/// Seeds stock and places one order: a laptop and two mice.
+async fn demo(endpoints: &Endpoints) -> anyhow::Result<()> {
+    let mut inventory = endpoints.inventory()?;
+    for (sku, name, stock) in [
+        ("LAPTOP", "Laptop 15\"", 100),
+        ("MOUSE", "Wireless mouse", 500),
+    ] {
+        inventory
+            .upsert_item(UpsertItemRequest {
+                sku: sku.into(),
+                name: name.into(),
+                available: stock,
+            })
+            .await
+            .with_context(|| format!("seeding {sku}"))?;
+    }
+    println!("demo: stock set to LAPTOP 100, MOUSE 500");
+    let usd = |amount_minor| {
+        Some(Money {
+            currency_code: "USD".into(),
+            amount_minor,
+        })
+    };
+    let request = CreateOrderRequest {
+        request_id: String::new(),
+        customer_id: "demo-customer".into(),
+        lines: vec![
+            OrderLine {
+                sku: "LAPTOP".into(),
+                quantity: 1,
+                unit_price: usd(129_900),
+            },
+            OrderLine {
+                sku: "MOUSE".into(),
+                quantity: 2,
+                unit_price: usd(2_500),
+            },
+        ],
+        shipping_address: Some(Address {
+            recipient_name: "Ada Lovelace".into(),
+            line1: "12 Analytical Row".into(),
+            city: "London".into(),
+            postal_code: "N1 9GU".into(),
+            country_code: "GB".into(),
+            ..Default::default()
+        }),
+        shipping_method: 0,
+        payment_token: "tok_visa".into(),
+    };
+    let order = endpoints
+        .order()?
+        .create_order(request)
+        .await
+        .context("placing the demo order")?
+        .into_inner()
+        .order;
+    println!("demo: placed an order");
+    super::order::print_order(order.as_ref());
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! The `ordermesh` command line: run the mesh locally and talk to it. See `ordermesh --help`.
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    ordermesh::cli::run(ordermesh::cli::Cli::parse()).await
+}

@@ -1,0 +1,236 @@
+//! Inventory against a real PostgreSQL: all-or-nothing reservations that never oversell under
+//! concurrency, idempotent replays, and stock conservation through release and commit.
+
+mod common;
+
+use common::TestEnv;
+use ordermesh::{
+    config::ServiceName,
+    proto::inventory::{
+        CommitRequest, GetItemRequest, Item, ReleaseRequest, ReservationLine, ReserveOutcome,
+        ReserveRequest, UpsertItemRequest, inventory_service_client::InventoryServiceClient,
+    },
+};
+use tonic::{Code, transport::Channel};
+use uuid::Uuid;
+
+type Client = InventoryServiceClient<Channel>;
+
+async fn set_stock(c: &mut Client, sku: &str, available: i64) {
+    c.upsert_item(UpsertItemRequest {
+        sku: sku.into(),
+        name: sku.into(),
+        available,
+    })
+    .await
+    .expect("upsert");
+}
+
+async fn item(c: &mut Client, sku: &str) -> Item {
+    c.get_item(GetItemRequest { sku: sku.into() })
+        .await
+        .expect("get item")
+        .into_inner()
+        .item
+        .expect("item")
+}
+
+fn reserve(order_id: Uuid, lines: &[(&str, i64)]) -> ReserveRequest {
+    ReserveRequest {
+        idempotency_key: format!("{order_id}:reserve-inventory"),
+        order_id: order_id.to_string(),
+        lines: lines
+            .iter()
+            .map(|(sku, quantity)| ReservationLine {
+                sku: sku.to_string(),
+                quantity: *quantity,
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_reservations_against_stock_ten_reserve_exactly_ten() {
+    let env = TestEnv::new();
+    let inventory = env.start(ServiceName::Inventory).await;
+    let mut c = Client::new(inventory.channel().await);
+    set_stock(&mut c, "WIDGET", 10).await;
+
+    let calls = (0..100).map(|_| {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.reserve(reserve(Uuid::now_v7(), &[("WIDGET", 1)])).await })
+    });
+    let mut reserved = 0;
+    let mut insufficient = 0;
+    for call in calls {
+        let response = call
+            .await
+            .expect("join")
+            .expect("reserve answers")
+            .into_inner();
+        match response.outcome() {
+            ReserveOutcome::Reserved => reserved += 1,
+            ReserveOutcome::InsufficientStock => insufficient += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((reserved, insufficient), (10, 90));
+    let widget = item(&mut c, "WIDGET").await;
+    assert_eq!(
+        (widget.available, widget.reserved, widget.committed),
+        (0, 10, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_reserve_returns_the_first_answer_and_changes_stock_once() {
+    let env = TestEnv::new();
+    let inventory = env.start(ServiceName::Inventory).await;
+    let mut c = Client::new(inventory.channel().await);
+    set_stock(&mut c, "LAPTOP", 5).await;
+    let request = reserve(Uuid::now_v7(), &[("LAPTOP", 2)]);
+
+    let first = c
+        .reserve(request.clone())
+        .await
+        .expect("first")
+        .into_inner();
+    let second = c
+        .reserve(request.clone())
+        .await
+        .expect("repeat")
+        .into_inner();
+    assert_eq!(first, second);
+    assert_eq!(first.outcome(), ReserveOutcome::Reserved);
+    let laptop = item(&mut c, "LAPTOP").await;
+    assert_eq!((laptop.available, laptop.reserved), (3, 2));
+
+    // The same key with a different request is a client bug, not a retry.
+    let mut changed = request;
+    changed.lines[0].quantity = 1;
+    let status = c.reserve(changed).await.expect_err("key reuse");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(item(&mut c, "LAPTOP").await.available, 3);
+}
+
+#[tokio::test]
+async fn a_reservation_is_all_or_nothing_across_lines() {
+    let env = TestEnv::new();
+    let inventory = env.start(ServiceName::Inventory).await;
+    let mut c = Client::new(inventory.channel().await);
+    set_stock(&mut c, "LAPTOP", 1).await;
+    set_stock(&mut c, "MOUSE", 100).await;
+
+    let response = c
+        .reserve(reserve(
+            Uuid::now_v7(),
+            &[("MOUSE", 2), ("LAPTOP", 5), ("NO-SUCH-SKU", 1)],
+        ))
+        .await
+        .expect("reserve")
+        .into_inner();
+    assert_eq!(response.outcome(), ReserveOutcome::InsufficientStock);
+    let shortages: Vec<(String, i64, i64)> = response
+        .shortages
+        .iter()
+        .map(|s| (s.sku.clone(), s.requested, s.available))
+        .collect();
+    assert_eq!(
+        shortages,
+        vec![("LAPTOP".into(), 5, 1), ("NO-SUCH-SKU".into(), 1, 0)]
+    );
+    assert_eq!(
+        item(&mut c, "MOUSE").await.available,
+        100,
+        "no line was reserved"
+    );
+    assert_eq!(item(&mut c, "LAPTOP").await.available, 1);
+}
+
+#[tokio::test]
+async fn release_and_commit_conserve_stock_and_a_late_reserve_after_release_is_refused() {
+    let env = TestEnv::new();
+    let inventory = env.start(ServiceName::Inventory).await;
+    let mut c = Client::new(inventory.channel().await);
+    set_stock(&mut c, "MOUSE", 10).await;
+
+    let shipped = Uuid::now_v7();
+    c.reserve(reserve(shipped, &[("MOUSE", 3)]))
+        .await
+        .expect("reserve");
+    let commit = CommitRequest {
+        idempotency_key: format!("{shipped}:commit"),
+        order_id: shipped.to_string(),
+    };
+    assert!(
+        c.commit(commit.clone())
+            .await
+            .expect("commit")
+            .into_inner()
+            .committed
+    );
+    assert!(
+        c.commit(commit)
+            .await
+            .expect("commit replay")
+            .into_inner()
+            .committed,
+        "replay answers the same"
+    );
+
+    let cancelled = Uuid::now_v7();
+    c.reserve(reserve(cancelled, &[("MOUSE", 4)]))
+        .await
+        .expect("reserve");
+    let release = ReleaseRequest {
+        idempotency_key: format!("{cancelled}:release"),
+        order_id: cancelled.to_string(),
+        reason: "payment declined".into(),
+    };
+    assert!(
+        c.release(release.clone())
+            .await
+            .expect("release")
+            .into_inner()
+            .released
+    );
+    assert!(
+        c.release(release)
+            .await
+            .expect("release replay")
+            .into_inner()
+            .released
+    );
+
+    let mouse = item(&mut c, "MOUSE").await;
+    assert_eq!(
+        (mouse.available, mouse.reserved, mouse.committed),
+        (7, 0, 3)
+    );
+    assert_eq!(
+        mouse.available + mouse.reserved + mouse.committed,
+        10,
+        "stock is conserved"
+    );
+
+    // The saga gave up on an order before its Reserve arrived: the late Reserve holds nothing.
+    let gave_up = Uuid::now_v7();
+    let early_release = ReleaseRequest {
+        idempotency_key: format!("{gave_up}:release"),
+        order_id: gave_up.to_string(),
+        reason: "timed out".into(),
+    };
+    assert!(
+        !c.release(early_release)
+            .await
+            .expect("release")
+            .into_inner()
+            .released
+    );
+    let late = c
+        .reserve(reserve(gave_up, &[("MOUSE", 1)]))
+        .await
+        .expect_err("late reserve");
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert_eq!(item(&mut c, "MOUSE").await.available, 7);
+}

@@ -289,7 +289,9 @@ impl Settings {
 
     /// Defaults overlaid with `ORDERMESH_*` variables.
     pub fn load(service: ServiceName) -> Result<Settings, ConfigError> {
-        let settings: Settings = figment(service).extract().map_err(describe)?;
+        let settings: Settings = figment(service)
+            .extract()
+            .map_err(|e| describe(e, "ORDERMESH_"))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -331,22 +333,21 @@ pub fn extract_section<T: Serialize + DeserializeOwned>(
     section: &str,
     defaults: T,
 ) -> Result<T, ConfigError> {
+    let prefix = format!("ORDERMESH_{}__", section.to_uppercase());
     Figment::from(Serialized::defaults(defaults))
-        .merge(Env::prefixed(&format!("ORDERMESH_{}__", section.to_uppercase())).split("__"))
+        .merge(Env::prefixed(&prefix).split("__"))
         .extract()
-        .map_err(describe)
+        .map_err(|e| describe(e, &prefix))
 }
 
-/// Turns a figment error into one line that names the variable and what was wrong.
-fn describe(error: figment::Error) -> ConfigError {
+/// Turns a figment error into one line per problem that names the environment variable
+/// (`ORDERMESH_DATABASE__MAX_CONNECTIONS: invalid type ...`) and says what was wrong.
+fn describe(error: figment::Error, prefix: &str) -> ConfigError {
     let messages: Vec<String> = error
         .into_iter()
         .map(|e| {
-            let variable = match &e.metadata {
-                Some(m) => m.interpolate(&e.profile.clone().unwrap_or_default(), &e.path),
-                None => e.path.join("."),
-            };
-            format!("{variable}: {}", e.kind)
+            let key: Vec<String> = e.path.iter().map(|p| p.to_uppercase()).collect();
+            format!("{prefix}{}: {}", key.join("__"), e.kind)
         })
         .collect();
     ConfigError(messages.join("; "))
@@ -374,6 +375,41 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_variable_is_named_in_the_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ORDERMESH_DATABASE__MAX_CONNECTIONS", "lots");
+            let error = Settings::load(ServiceName::Order)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                error.contains("ORDERMESH_DATABASE__MAX_CONNECTIONS"),
+                "{error}"
+            );
+            jail.clear_env();
+            jail.set_env("ORDERMESH_GRPC_ADDR", "nowhere");
+            let error = Settings::load(ServiceName::Order)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains("ORDERMESH_GRPC_ADDR"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ORDERMESH_NAMESPACE", "staging");
+            jail.set_env("ORDERMESH_SHUTDOWN__DELAY", "5s");
+            let s = Settings::load(ServiceName::Payment).map_err(|e| e.to_string())?;
+            assert_eq!(s.database_name(), "staging_payment");
+            assert_eq!(s.shutdown.delay, Duration::from_secs(5));
+            Ok(())
+        });
+    }
 
     #[test]
     fn redact_url_hides_only_the_password() {

@@ -21,9 +21,11 @@ pub fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> htt
     let out_of_range = headers
         .get("grpc-status")
         .is_some_and(|v| v.as_bytes() == b"11");
-    let too_large = headers
-        .get("grpc-message")
-        .is_some_and(|m| m.as_bytes().windows(9).any(|w| w == b"too large"));
+    // grpc-message is percent-encoded on the wire.
+    let too_large = headers.get("grpc-message").is_some_and(|m| {
+        let m = m.as_bytes();
+        m.windows(9).any(|w| w == b"too large") || m.windows(11).any(|w| w == b"too%20large")
+    });
     if out_of_range && too_large {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
@@ -36,5 +38,38 @@ pub fn page_size(requested: u32) -> Result<u32, String> {
         0 => Ok(DEFAULT_PAGE_SIZE),
         n if n <= MAX_PAGE_SIZE => Ok(n),
         n => Err(format!("must be at most {MAX_PAGE_SIZE}, got {n}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: &str, message: &str) -> http::Response<()> {
+        let mut r = http::Response::new(());
+        r.headers_mut().insert(
+            "grpc-status",
+            http::HeaderValue::from_str(status).expect("header"),
+        );
+        r.headers_mut().insert(
+            "grpc-message",
+            http::HeaderValue::from_str(message).expect("header"),
+        );
+        r
+    }
+
+    #[test]
+    fn oversized_messages_become_resource_exhausted() {
+        let r = oversize_is_resource_exhausted(response(
+            "11",
+            "Error,%20decoded%20message%20length%20too%20large",
+        ));
+        assert_eq!(r.headers()["grpc-status"], "8");
+    }
+
+    #[test]
+    fn other_out_of_range_errors_are_left_alone() {
+        let r = oversize_is_resource_exhausted(response("11", "page%20out%20of%20range"));
+        assert_eq!(r.headers()["grpc-status"], "11");
     }
 }

@@ -1,0 +1,195 @@
+//! The `ordermesh` CLI as a user runs it: `up --demo` starts all five services and places an
+//! order, client commands talk to them, Ctrl-C stops everything; bad arguments say what to fix.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use common::{TestEnv, binary};
+use nix::{sys::signal::Signal, unistd::Pid};
+
+/// `count` consecutive free loopback ports.
+fn free_block(count: u16) -> u16 {
+    for _ in 0..200 {
+        let base = 20_000 + (rand_u16() % 20_000);
+        let listeners: Vec<_> = (0..count)
+            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if listeners.len() == count as usize {
+            return base;
+        }
+    }
+    panic!("no block of {count} free ports");
+}
+
+fn rand_u16() -> u16 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u16::from_le_bytes([bytes[0], bytes[1]])
+}
+
+/// `ordermesh up` that is interrupted (Ctrl-C) and reaped even when the test fails.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.0.id() as i32), Signal::SIGINT);
+        let _ = self.0.wait();
+    }
+}
+
+fn ordermesh(args: &[&str]) -> std::process::Output {
+    Command::new(binary("ordermesh"))
+        .args(args)
+        .output()
+        .expect("run ordermesh")
+}
+
+#[test]
+fn up_starts_the_mesh_places_a_demo_order_and_stops_cleanly_on_ctrl_c() {
+    let env = TestEnv::new();
+    let grpc = free_block(5);
+    let admin = free_block(5);
+    let mut up = Up(Command::new(binary("ordermesh"))
+        .args([
+            "up",
+            "--demo",
+            "--grpc-base-port",
+            &grpc.to_string(),
+            "--admin-base-port",
+            &admin.to_string(),
+        ])
+        .envs(env.env().into_iter().filter(|(k, _)| !k.ends_with("_ADDR")))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ordermesh up"));
+    let (tx, rx) = mpsc::channel();
+    let stdout = up.0.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |seen: &mut Vec<String>, needle: &str| {
+        while !seen.iter().any(|l| l.contains(needle)) {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("never saw {needle:?}; output:\n{}", seen.join("\n")),
+            }
+        }
+    };
+    wait_for(&mut seen, "ordermesh is up (5 services SERVING)");
+    wait_for(&mut seen, "demo: placed an order");
+    wait_for(&mut seen, "status       PENDING");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("  inventory ") && l.contains(&format!("127.0.0.1:{}", grpc + 1)))
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.trim_start().starts_with("payment | ")),
+        "logs are prefixed with the service"
+    );
+
+    let order_endpoint = format!("http://127.0.0.1:{grpc}");
+    let inventory_endpoint = format!("http://127.0.0.1:{}", grpc + 1);
+    let item = ordermesh(&[
+        "inventory",
+        "get",
+        "LAPTOP",
+        "--inventory-endpoint",
+        &inventory_endpoint,
+    ]);
+    assert!(
+        item.status.success(),
+        "{}",
+        String::from_utf8_lossy(&item.stderr)
+    );
+    assert!(String::from_utf8_lossy(&item.stdout).contains("available      100"));
+    let set = ordermesh(&[
+        "inventory",
+        "set",
+        "CABLE",
+        "40",
+        "--inventory-endpoint",
+        &inventory_endpoint,
+    ]);
+    assert!(String::from_utf8_lossy(&set.stdout).contains("available       40"));
+    let created = ordermesh(&[
+        "order",
+        "create",
+        "--line",
+        "CABLE:2:999",
+        "--order-endpoint",
+        &order_endpoint,
+    ]);
+    let created = String::from_utf8_lossy(&created.stdout).to_string();
+    assert!(
+        created.contains("status       PENDING") && created.contains("USD 19.98"),
+        "{created}"
+    );
+    let order_id = created
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("order id line")
+        .to_string();
+    let got = ordermesh(&[
+        "order",
+        "get",
+        &order_id,
+        "--order-endpoint",
+        &order_endpoint,
+    ]);
+    assert!(String::from_utf8_lossy(&got.stdout).contains(&order_id));
+
+    nix::sys::signal::kill(Pid::from_raw(up.0.id() as i32), Signal::SIGINT).expect("Ctrl-C");
+    let status = up.0.wait().expect("wait for ordermesh up");
+    assert!(
+        status.success(),
+        "ordermesh up exits 0 after Ctrl-C: {status}"
+    );
+    for i in 0..5 {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", grpc + i)).is_err(),
+            "port {} still open",
+            grpc + i
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_and_unreachable_services_say_what_to_fix() {
+    let bad_line = ordermesh(&["order", "create", "--line", "LAPTOP:many:100"]);
+    assert!(!bad_line.status.success());
+    let stderr = String::from_utf8_lossy(&bad_line.stderr);
+    assert!(stderr.contains("quantity \"many\""), "{stderr}");
+
+    let unreachable = ordermesh(&[
+        "inventory",
+        "get",
+        "LAPTOP",
+        "--inventory-endpoint",
+        "http://127.0.0.1:9",
+    ]);
+    assert!(!unreachable.status.success());
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(
+        stderr.contains("cannot reach the inventory service at http://127.0.0.1:9"),
+        "{stderr}"
+    );
+
+    let missing = ordermesh(&["up", "--bin-dir", "/nonexistent"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("not found") && stderr.contains("cargo build"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,170 @@
+//! Process lifecycle as Kubernetes drives it: a service started before its dependencies waits
+//! NOT_SERVING instead of crash-looping, and SIGTERM reports NOT_SERVING first, lets in-flight
+//! calls finish, then exits 0.
+
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
+
+use common::{Forwarder, TestEnv, free_port, nats_url};
+use nix::sys::signal::Signal;
+use ordermesh::{
+    config::ServiceName,
+    proto::{
+        inventory::{
+            ReservationLine, ReserveOutcome, ReserveRequest, UpsertItemRequest,
+            inventory_service_client::InventoryServiceClient,
+        },
+        order::{GetOrderRequest, order_service_client::OrderServiceClient},
+    },
+};
+use tonic_health::pb::health_check_response::ServingStatus;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn sigterm_reports_not_serving_first_finishes_in_flight_calls_and_exits_zero() {
+    let env = TestEnv::new();
+    let delay = [("ORDERMESH_SHUTDOWN__DELAY".to_string(), "2s".to_string())];
+    let mut inventory = env.spawn(ServiceName::Inventory, &delay).await;
+    inventory.wait_serving().await;
+    let mut client = InventoryServiceClient::new(inventory.channel().await);
+    client
+        .upsert_item(UpsertItemRequest {
+            sku: "SLOW".into(),
+            name: "Slow".into(),
+            available: 3,
+        })
+        .await
+        .expect("seed");
+
+    // Hold the item's row lock so the next Reserve is provably in flight inside the service.
+    let db = env.db(ServiceName::Inventory).await;
+    let mut blocker = db.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM items WHERE sku = 'SLOW' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let order_id = Uuid::now_v7();
+    let in_flight = tokio::spawn(async move {
+        client
+            .reserve(ReserveRequest {
+                idempotency_key: format!("{order_id}:reserve"),
+                order_id: order_id.to_string(),
+                lines: vec![ReservationLine {
+                    sku: "SLOW".into(),
+                    quantity: 1,
+                }],
+            })
+            .await
+    });
+    wait_for_lock_waiter(&db).await;
+
+    inventory.signal(Signal::SIGTERM);
+    let mut saw_not_serving = false;
+    for _ in 0..40 {
+        if inventory.health().await == Some(ServingStatus::NotServing) {
+            saw_not_serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        saw_not_serving,
+        "health must flip to NOT_SERVING while the process still serves"
+    );
+    assert_eq!(inventory.http_ready().await, Some(503));
+    assert!(
+        !in_flight.is_finished(),
+        "the blocked call is still in flight"
+    );
+
+    // Past the delay the listener is closed; the in-flight call must still complete.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    blocker.rollback().await.expect("release the lock");
+    let response = in_flight
+        .await
+        .expect("join")
+        .expect("in-flight call completes")
+        .into_inner();
+    assert_eq!(response.outcome(), ReserveOutcome::Reserved);
+    assert_eq!(
+        inventory.wait_exit(Duration::from_secs(20)).await,
+        Some(0),
+        "graceful exit"
+    );
+}
+
+async fn wait_for_lock_waiter(db: &sqlx::PgPool) {
+    for _ in 0..200 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the Reserve call never reached the database");
+}
+
+#[tokio::test]
+async fn a_service_started_before_postgres_and_nats_waits_not_serving_then_serves() {
+    let env = TestEnv::new();
+    let (pg_port, nats_port) = (free_port().await, free_port().await);
+    let unreachable = [
+        (
+            "ORDERMESH_DATABASE__URL".to_string(),
+            format!("postgres://postgres@127.0.0.1:{pg_port}"),
+        ),
+        (
+            "ORDERMESH_NATS__URL".to_string(),
+            format!("nats://127.0.0.1:{nats_port}"),
+        ),
+    ];
+    let mut order = env.spawn(ServiceName::Order, &unreachable).await;
+
+    for _ in 0..3 {
+        assert_eq!(order.health().await, Some(ServingStatus::NotServing));
+        assert_eq!(order.http_ready().await, Some(503));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut client = OrderServiceClient::new(order.channel().await);
+    let early = client
+        .get_order(GetOrderRequest {
+            order_id: Uuid::now_v7().to_string(),
+        })
+        .await
+        .expect_err("not ready");
+    assert_eq!(early.code(), tonic::Code::Unavailable);
+    assert!(
+        order.wait_exit(Duration::from_millis(10)).await.is_none(),
+        "still running, not crash-looping"
+    );
+
+    // PostgreSQL comes up first: still waiting for NATS.
+    let _pg = Forwarder::start(pg_port, "127.0.0.1:5432".parse().expect("addr")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(order.health().await, Some(ServingStatus::NotServing));
+
+    let nats: SocketAddr = nats_url()
+        .trim_start_matches("nats://")
+        .parse()
+        .expect("NATS address");
+    let _nats = Forwarder::start(nats_port, nats).await;
+    order.wait_serving().await;
+    assert_eq!(order.http_ready().await, Some(200));
+    let missing = client
+        .get_order(GetOrderRequest {
+            order_id: Uuid::now_v7().to_string(),
+        })
+        .await
+        .expect_err("no such order");
+    assert_eq!(
+        missing.code(),
+        tonic::Code::NotFound,
+        "handlers work once ready"
+    );
+}

@@ -1,0 +1,371 @@
+//! Order, payment and shipping behaviour against real processes and databases: client request
+//! ids, the sandbox processor and its versions, refunds that never exceed the charge, and
+//! compensations that block late effects.
+
+mod common;
+
+use common::TestEnv;
+use ordermesh::{
+    config::ServiceName,
+    proto::{
+        common::{Address, Money},
+        order::{
+            CreateOrderRequest, GetOrderRequest, ListOrdersRequest, OrderLine, OrderStatus,
+            order_service_client::OrderServiceClient,
+        },
+        payment::{
+            ChargeRequest, PaymentStatus, RefundRequest,
+            payment_service_client::PaymentServiceClient,
+        },
+        shipping::{
+            CancelLabelRequest, CreateLabelRequest, LabelStatus,
+            shipping_service_client::ShippingServiceClient,
+        },
+    },
+};
+use tonic::Code;
+use uuid::Uuid;
+
+fn usd(amount_minor: i64) -> Option<Money> {
+    Some(Money {
+        currency_code: "USD".into(),
+        amount_minor,
+    })
+}
+
+fn address() -> Option<Address> {
+    Some(Address {
+        recipient_name: "Ada".into(),
+        line1: "1 Main St".into(),
+        city: "Springfield".into(),
+        postal_code: "12345".into(),
+        country_code: "US".into(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn an_order_is_stored_pending_with_its_total_and_a_retried_create_returns_the_same_order() {
+    let env = TestEnv::new();
+    let order = env.start(ServiceName::Order).await;
+    let mut c = OrderServiceClient::new(order.channel().await);
+    let request = CreateOrderRequest {
+        request_id: "checkout-42".into(),
+        customer_id: "cust-1".into(),
+        lines: vec![
+            OrderLine {
+                sku: "LAPTOP".into(),
+                quantity: 1,
+                unit_price: usd(129_900),
+            },
+            OrderLine {
+                sku: "MOUSE".into(),
+                quantity: 2,
+                unit_price: usd(2_500),
+            },
+        ],
+        shipping_address: address(),
+        shipping_method: 0,
+        payment_token: "tok_visa".into(),
+    };
+    let first = c
+        .create_order(request.clone())
+        .await
+        .expect("create")
+        .into_inner();
+    assert!(first.created);
+    let created = first.order.expect("order");
+    assert_eq!(created.status(), OrderStatus::Pending);
+    assert_eq!(created.total, usd(134_900));
+    assert_eq!(created.version, 1);
+
+    let retry = c
+        .create_order(request.clone())
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(!retry.created);
+    assert_eq!(
+        retry.order.map(|o| o.order_id),
+        Some(created.order_id.clone())
+    );
+
+    let mut reused = request;
+    reused.lines[0].quantity = 3;
+    let status = c
+        .create_order(reused)
+        .await
+        .expect_err("request id reused for another order");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    let got = c
+        .get_order(GetOrderRequest {
+            order_id: created.order_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.order.map(|o| o.lines.len()), Some(2));
+    let listed = c
+        .list_orders(ListOrdersRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.orders.len(), 1, "one order despite the retry");
+
+    let db = env.db(ServiceName::Order).await;
+    let events: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, event_type FROM order_events ORDER BY version")
+            .fetch_all(&db)
+            .await
+            .expect("events");
+    assert_eq!(events, vec![(1, "submitted".to_string())]);
+    let token_stored: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM order_events WHERE payload::text LIKE '%tok_visa%')",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("query");
+    assert!(
+        !token_stored,
+        "the payment token is never part of the order's events"
+    );
+}
+
+fn charge(order_id: Uuid, amount: i64, token: &str) -> ChargeRequest {
+    ChargeRequest {
+        idempotency_key: format!("{order_id}:process-payment"),
+        order_id: order_id.to_string(),
+        amount: usd(amount),
+        payment_token: token.into(),
+        customer_id: "cust-1".into(),
+    }
+}
+
+fn refund(order_id: Uuid, key: &str, amount: Option<i64>) -> RefundRequest {
+    RefundRequest {
+        idempotency_key: format!("{order_id}:{key}"),
+        order_id: order_id.to_string(),
+        amount: amount.and_then(usd),
+        reason: "test".into(),
+    }
+}
+
+#[tokio::test]
+async fn payments_charge_once_decline_the_test_token_and_never_refund_more_than_charged() {
+    let env = TestEnv::new();
+    let payment = env.start(ServiceName::Payment).await;
+    let mut c = PaymentServiceClient::new(payment.channel().await);
+
+    let order = Uuid::now_v7();
+    let first = c
+        .charge(charge(order, 10_000, "tok_visa_4242"))
+        .await
+        .expect("charge");
+    assert_eq!(
+        first
+            .metadata()
+            .get("x-payment-version")
+            .and_then(|v| v.to_str().ok()),
+        Some("v1")
+    );
+    let first = first.into_inner().payment.expect("payment");
+    assert_eq!(first.status(), PaymentStatus::Captured);
+    assert_eq!(first.card_last4, "4242");
+    let again = c
+        .charge(charge(order, 10_000, "tok_visa_4242"))
+        .await
+        .expect("replay")
+        .into_inner();
+    assert_eq!(
+        again.payment.as_ref().map(|p| &p.payment_id),
+        Some(&first.payment_id),
+        "charged once"
+    );
+
+    let partial = c
+        .refund(refund(order, "refund-1", Some(4_000)))
+        .await
+        .expect("refund")
+        .into_inner();
+    assert_eq!(partial.refunded_now, usd(4_000));
+    let too_much = c
+        .refund(refund(order, "refund-2", Some(7_000)))
+        .await
+        .expect_err("over-refund");
+    assert_eq!(too_much.code(), Code::FailedPrecondition);
+    let rest = c
+        .refund(refund(order, "refund-3", None))
+        .await
+        .expect("refund rest")
+        .into_inner();
+    assert_eq!(rest.refunded_now, usd(6_000));
+    assert_eq!(
+        rest.payment.map(|p| p.status()),
+        Some(PaymentStatus::Refunded)
+    );
+    let nothing_left = c
+        .refund(refund(order, "refund-4", None))
+        .await
+        .expect("refund nothing")
+        .into_inner();
+    assert_eq!(nothing_left.refunded_now, usd(0));
+
+    let declined = c
+        .charge(charge(Uuid::now_v7(), 500, "declined_token"))
+        .await
+        .expect("decline")
+        .into_inner();
+    let declined = declined.payment.expect("payment");
+    assert_eq!(declined.status(), PaymentStatus::Declined);
+    assert!(declined.decline_reason.contains("declined"));
+
+    // A compensation that ran before the charge arrived blocks the late charge.
+    let cancelled = Uuid::now_v7();
+    let early = c
+        .refund(refund(cancelled, "refund-payment", None))
+        .await
+        .expect("refund first")
+        .into_inner();
+    assert!(early.payment.is_none());
+    let late = c
+        .charge(charge(cancelled, 1_000, "tok_visa"))
+        .await
+        .expect_err("late charge");
+    assert_eq!(late.code(), Code::FailedPrecondition);
+
+    let db = env.db(ServiceName::Payment).await;
+    let stored_tokens: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payments WHERE card_fingerprint LIKE '%tok%' OR card_last4 = 'visa'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("query");
+    assert_eq!(stored_tokens, 0);
+    let refunded: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(amount_minor), 0)::bigint FROM refunds")
+            .fetch_one(&db)
+            .await
+            .expect("sum");
+    assert_eq!(refunded, 10_000, "refunds add up to exactly the charge");
+}
+
+#[tokio::test]
+async fn the_v2_canary_declines_charges_above_its_risk_limit_and_says_so() {
+    let env = TestEnv::new();
+    let v2 = [("ORDERMESH_PAYMENT__VERSION".to_string(), "v2".to_string())];
+    let payment = env.spawn(ServiceName::Payment, &v2).await;
+    payment.wait_serving().await;
+    let mut c = PaymentServiceClient::new(payment.channel().await);
+    let big = c
+        .charge(charge(Uuid::now_v7(), 600_000, "tok_visa"))
+        .await
+        .expect("charge");
+    assert_eq!(
+        big.metadata()
+            .get("x-payment-version")
+            .and_then(|v| v.to_str().ok()),
+        Some("v2")
+    );
+    let big = big.into_inner().payment.expect("payment");
+    assert_eq!(
+        (big.status(), big.processor_version.as_str()),
+        (PaymentStatus::Declined, "v2")
+    );
+    let small = c
+        .charge(charge(Uuid::now_v7(), 1_000, "tok_visa"))
+        .await
+        .expect("charge")
+        .into_inner();
+    assert_eq!(
+        small.payment.map(|p| p.status()),
+        Some(PaymentStatus::Captured)
+    );
+}
+
+#[tokio::test]
+async fn a_bad_payment_version_fails_start_up_naming_the_variable() {
+    let env = TestEnv::new();
+    let bad = [("ORDERMESH_PAYMENT__VERSION".to_string(), "v9".to_string())];
+    let output = std::process::Command::new(common::binary("ordermesh-payment"))
+        .envs(env.env())
+        .envs(bad)
+        .output()
+        .expect("run payment");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ORDERMESH_PAYMENT__VERSION"), "{stderr}");
+}
+
+#[tokio::test]
+async fn labels_are_created_once_and_a_cancel_before_create_blocks_a_late_label() {
+    let env = TestEnv::new();
+    let shipping = env.start(ServiceName::Shipping).await;
+    let mut c = ShippingServiceClient::new(shipping.channel().await);
+    let create = |order_id: Uuid| CreateLabelRequest {
+        idempotency_key: format!("{order_id}:create-label"),
+        order_id: order_id.to_string(),
+        address: address(),
+        service_level: "express".into(),
+        units: 3,
+    };
+    let cancel = |order_id: Uuid| CancelLabelRequest {
+        idempotency_key: format!("{order_id}:cancel-label"),
+        order_id: order_id.to_string(),
+        reason: "order cancelled".into(),
+    };
+
+    let order = Uuid::now_v7();
+    let label = c
+        .create_label(create(order))
+        .await
+        .expect("create")
+        .into_inner()
+        .label
+        .expect("label");
+    assert!(
+        label.tracking_number.starts_with("OM") && label.tracking_number.len() == 18,
+        "{}",
+        label.tracking_number
+    );
+    let again = c
+        .create_label(create(order))
+        .await
+        .expect("replay")
+        .into_inner()
+        .label
+        .expect("label");
+    assert_eq!(again.tracking_number, label.tracking_number);
+    let cancelled = c
+        .cancel_label(cancel(order))
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert!(cancelled.cancelled);
+    assert_eq!(
+        cancelled.label.map(|l| l.status()),
+        Some(LabelStatus::Cancelled)
+    );
+
+    let gave_up = Uuid::now_v7();
+    assert!(
+        !c.cancel_label(cancel(gave_up))
+            .await
+            .expect("cancel first")
+            .into_inner()
+            .cancelled
+    );
+    let late = c
+        .create_label(create(gave_up))
+        .await
+        .expect_err("late label");
+    assert_eq!(late.code(), Code::FailedPrecondition);
+
+    let db = env.db(ServiceName::Shipping).await;
+    let labels: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM labels WHERE status = 'LABEL_STATUS_CREATED'")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+    assert_eq!(labels, 0);
+}

@@ -1,0 +1,214 @@
+//! Bad input gets INVALID_ARGUMENT (RESOURCE_EXHAUSTED for oversized messages) naming the
+//! field, and nothing is written.
+
+mod common;
+
+use common::TestEnv;
+use ordermesh::{
+    config::ServiceName,
+    proto::{
+        common::{Address, Money},
+        inventory::{
+            ReservationLine, ReserveRequest, UpsertItemRequest,
+            inventory_service_client::InventoryServiceClient,
+        },
+        order::{
+            CreateOrderRequest, ListOrdersRequest, OrderLine,
+            order_service_client::OrderServiceClient,
+        },
+    },
+    validation::field_violations,
+};
+use tonic::Code;
+use uuid::Uuid;
+
+fn fields(status: &tonic::Status) -> Vec<String> {
+    field_violations(status)
+        .into_iter()
+        .map(|(field, _)| field)
+        .collect()
+}
+
+async fn count(pool: &sqlx::PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+fn reserve(lines: Vec<ReservationLine>) -> ReserveRequest {
+    let order_id = Uuid::now_v7();
+    ReserveRequest {
+        idempotency_key: format!("{order_id}:reserve"),
+        order_id: order_id.to_string(),
+        lines,
+    }
+}
+
+fn line(sku: &str, quantity: i64) -> ReservationLine {
+    ReservationLine {
+        sku: sku.into(),
+        quantity,
+    }
+}
+
+#[tokio::test]
+async fn bad_reservations_name_the_field_and_write_nothing() {
+    let env = TestEnv::new();
+    let inventory = env.start(ServiceName::Inventory).await;
+    let mut c = InventoryServiceClient::new(inventory.channel().await);
+    c.upsert_item(UpsertItemRequest {
+        sku: "MOUSE".into(),
+        name: "Mouse".into(),
+        available: 5,
+    })
+    .await
+    .expect("seed");
+
+    let cases: Vec<(ReserveRequest, Vec<&str>)> = vec![
+        (reserve(vec![line("", 1)]), vec!["lines[0].sku"]),
+        (reserve(vec![line("MOUSE", 0)]), vec!["lines[0].quantity"]),
+        (reserve(vec![line("MOUSE", -3)]), vec!["lines[0].quantity"]),
+        (
+            reserve(vec![line("MOUSE", 1), line("MOUSE", 1)]),
+            vec!["lines[1].sku"],
+        ),
+        (
+            reserve((0..10_000).map(|i| line(&format!("SKU-{i}"), 1)).collect()),
+            vec!["lines"],
+        ),
+        (reserve(vec![]), vec!["lines"]),
+        (
+            ReserveRequest {
+                idempotency_key: String::new(),
+                order_id: "not-a-uuid".into(),
+                lines: vec![line("MOUSE", 1)],
+            },
+            vec!["idempotency_key", "order_id"],
+        ),
+    ];
+    for (request, expected) in cases {
+        let status = c.reserve(request).await.expect_err("invalid request");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(fields(&status), expected, "{}", status.message());
+    }
+    let bad_item = c
+        .upsert_item(UpsertItemRequest {
+            sku: "has space".into(),
+            name: String::new(),
+            available: -1,
+        })
+        .await
+        .expect_err("bad item");
+    assert_eq!(fields(&bad_item), vec!["sku", "name", "available"]);
+
+    let db = env.db(ServiceName::Inventory).await;
+    assert_eq!(count(&db, "reservations").await, 0);
+    assert_eq!(count(&db, "idempotency_keys").await, 0);
+    let stock: i64 = sqlx::query_scalar("SELECT available FROM items WHERE sku = 'MOUSE'")
+        .fetch_one(&db)
+        .await
+        .expect("stock");
+    assert_eq!(stock, 5);
+    assert_eq!(count(&db, "items").await, 1);
+}
+
+#[tokio::test]
+async fn a_ten_megabyte_message_is_resource_exhausted() {
+    let env = TestEnv::new();
+    let inventory = env.start(ServiceName::Inventory).await;
+    let mut c = InventoryServiceClient::new(inventory.channel().await);
+    let huge = UpsertItemRequest {
+        sku: "BIG".into(),
+        name: "x".repeat(10 * 1024 * 1024),
+        available: 1,
+    };
+    let status = c.upsert_item(huge).await.expect_err("too large");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let db = env.db(ServiceName::Inventory).await;
+    assert_eq!(count(&db, "items").await, 0);
+}
+
+fn valid_order() -> CreateOrderRequest {
+    let usd = |amount_minor| {
+        Some(Money {
+            currency_code: "USD".into(),
+            amount_minor,
+        })
+    };
+    CreateOrderRequest {
+        request_id: String::new(),
+        customer_id: "cust-1".into(),
+        lines: vec![OrderLine {
+            sku: "LAPTOP".into(),
+            quantity: 1,
+            unit_price: usd(129_900),
+        }],
+        shipping_address: Some(Address {
+            recipient_name: "Ada".into(),
+            line1: "1 Main St".into(),
+            city: "Springfield".into(),
+            postal_code: "12345".into(),
+            country_code: "US".into(),
+            ..Default::default()
+        }),
+        shipping_method: 0,
+        payment_token: "tok_visa".into(),
+    }
+}
+
+#[tokio::test]
+async fn bad_orders_name_the_field_and_store_nothing() {
+    let env = TestEnv::new();
+    let order = env.start(ServiceName::Order).await;
+    let mut c = OrderServiceClient::new(order.channel().await);
+
+    let mut unknown_enum = valid_order();
+    unknown_enum.shipping_method = 99;
+    let mut empty_sku = valid_order();
+    empty_sku.lines[0].sku.clear();
+    let mut zero_quantity = valid_order();
+    zero_quantity.lines[0].quantity = 0;
+    let mut too_many = valid_order();
+    too_many.lines = (0..10_000)
+        .map(|i| OrderLine {
+            sku: format!("S{i}"),
+            quantity: 1,
+            unit_price: valid_order().lines[0].unit_price.clone(),
+        })
+        .collect();
+    let mut no_price_no_token = valid_order();
+    no_price_no_token.lines[0].unit_price = None;
+    no_price_no_token.payment_token.clear();
+    let mut no_address = valid_order();
+    no_address.shipping_address = None;
+
+    let cases = [
+        (unknown_enum, vec!["shipping_method"]),
+        (empty_sku, vec!["lines[0].sku"]),
+        (zero_quantity, vec!["lines[0].quantity"]),
+        (too_many, vec!["lines"]),
+        (
+            no_price_no_token,
+            vec!["lines[0].unit_price", "payment_token"],
+        ),
+        (no_address, vec!["shipping_address"]),
+    ];
+    for (request, expected) in cases {
+        let status = c.create_order(request).await.expect_err("invalid order");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(fields(&status), expected, "{}", status.message());
+    }
+    let status = c
+        .list_orders(ListOrdersRequest {
+            status: 42,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown status filter");
+    assert_eq!(fields(&status), vec!["status"]);
+
+    let db = env.db(ServiceName::Order).await;
+    assert_eq!(count(&db, "order_events").await, 0);
+    assert_eq!(count(&db, "order_view").await, 0);
+}

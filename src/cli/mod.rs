@@ -36,7 +36,7 @@ enum Command {
     Up(up::UpArgs),
     /// Create and read orders.
     #[command(subcommand)]
-    Order(order::OrderCommand),
+    Order(Box<order::OrderCommand>),
     /// Set and read stock levels.
     #[command(subcommand)]
     Inventory(inventory::InventoryCommand),
@@ -87,7 +87,7 @@ fn local(service: ServiceName) -> String {
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
-        Command::Order(command) => order::run(command).await,
+        Command::Order(command) => order::run(*command).await,
         Command::Inventory(command) => inventory::run(command).await,
     };
     match result {

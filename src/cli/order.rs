@@ -11,7 +11,7 @@ use crate::proto::{
 #[derive(Debug, Subcommand)]
 pub enum OrderCommand {
     /// Place an order.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Show an order.
     Get {
         /// The order id (UUID).

@@ -78,3 +78,74 @@ impl Interceptor for Propagate {
         Ok(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn outbound_calls_carry_the_inbound_context_and_the_sooner_deadline() {
+        let inbound = CallContext {
+            request_id: "req-7".into(),
+            version: Some("v2".into()),
+            baggage: Some("tenant=acme".into()),
+            deadline: Some(Instant::now() + Duration::from_millis(800)),
+        };
+        let request = inbound
+            .scope(async { Propagate::new(Duration::from_secs(5)).call(Request::new(())) })
+            .await
+            .expect("intercepted");
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        assert_eq!(header("x-request-id").as_deref(), Some("req-7"));
+        assert_eq!(header("x-version").as_deref(), Some("v2"));
+        assert_eq!(header("baggage").as_deref(), Some("tenant=acme"));
+        let timeout = header("grpc-timeout")
+            .and_then(|t| crate::context::parse_grpc_timeout(&t))
+            .expect("grpc-timeout");
+        assert!(
+            timeout <= Duration::from_millis(800),
+            "the inbound deadline is sooner: {timeout:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_passed_deadline_fails_fast_instead_of_calling() {
+        let inbound = CallContext {
+            deadline: Some(Instant::now()),
+            ..CallContext::new_root()
+        };
+        let status = inbound
+            .scope(async { Propagate::new(Duration::from_secs(5)).call(Request::new(())) })
+            .await
+            .expect_err("deadline passed");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    }
+
+    #[test]
+    fn without_an_inbound_call_a_fresh_request_id_and_the_default_timeout_are_used() {
+        let request = Propagate::new(Duration::from_secs(2))
+            .call(Request::new(()))
+            .expect("intercepted");
+        let id = request
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(uuid::Uuid::parse_str(id).is_ok());
+        assert_eq!(
+            request
+                .metadata()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok()),
+            Some("2000000u")
+        );
+    }
+}

@@ -97,6 +97,43 @@ impl CallContext {
     }
 }
 
+/// The current call context and trace context as message headers, so work queued now (an
+/// outbox row, a NATS message) continues the same request and trace when it runs later.
+/// Deadlines do not travel: queued work outlives its caller.
+pub fn message_headers() -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(context) = CallContext::current() {
+        for (name, value) in context.headers() {
+            out.insert(name.to_string(), value.to_string());
+        }
+    }
+    for (name, value) in trace_headers().iter() {
+        if let Ok(value) = value.to_str() {
+            out.insert(name.as_str().to_string(), value.to_string());
+        }
+    }
+    out
+}
+
+/// The context and trace parent carried by a message's headers (see [`message_headers`]).
+pub fn from_message_headers(
+    headers: Option<&async_nats::HeaderMap>,
+) -> (CallContext, opentelemetry::Context) {
+    let mut map = HeaderMap::new();
+    if let Some(headers) = headers {
+        for name in [REQUEST_ID, VERSION, BAGGAGE, "traceparent", "tracestate"] {
+            if let Some(value) = headers.get(name)
+                && let Ok(value) = http::HeaderValue::from_str(value.as_str())
+            {
+                map.insert(name, value);
+            }
+        }
+    }
+    let mut context = CallContext::from_headers(&map);
+    context.deadline = None;
+    (context, extract_trace_context(&map))
+}
+
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     if value.len() < 2 || value.len() > 9 {

@@ -3,12 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod context;
 pub mod db;
 pub mod domain;
+pub mod events;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;

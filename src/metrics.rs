@@ -48,6 +48,10 @@ metric!(IDEMPOTENT_REPLAYS: prometheus::IntCounter = prometheus::register_int_co
     "ordermesh_idempotent_replays_total",
     "Mutating calls answered from a stored response because their idempotency key was seen before."
 ));
+metric!(CACHE_ERRORS: IntCounterVec = register_int_counter_vec!(
+    Opts::new("ordermesh_cache_errors_total", "Redis cache calls that failed or timed out (served from PostgreSQL instead)."),
+    &["operation"]
+));
 metric!(READY: IntGaugeVec = register_int_gauge_vec!(
     Opts::new("ordermesh_ready", "1 while the service reports SERVING, else 0."),
     &["service"]

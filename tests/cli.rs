@@ -85,8 +85,13 @@ fn up_starts_the_mesh_places_a_demo_order_and_stops_cleanly_on_ctrl_c() {
         }
     };
     wait_for(&mut seen, "ordermesh is up (5 services SERVING)");
-    wait_for(&mut seen, "demo: placed an order");
-    wait_for(&mut seen, "status       PENDING");
+    wait_for(&mut seen, "demo: placed order");
+    wait_for(&mut seen, "demo: order is CONFIRMED");
+    wait_for(&mut seen, "confirm-order");
+    assert!(
+        seen.iter().any(|l| l.starts_with("confirmation ORD-")),
+        "the timeline shows the confirmed order"
+    );
     assert!(
         seen.iter()
             .any(|l| l.contains("  inventory ") && l.contains(&format!("127.0.0.1:{}", grpc + 1)))
@@ -111,7 +116,11 @@ fn up_starts_the_mesh_places_a_demo_order_and_stops_cleanly_on_ctrl_c() {
         "{}",
         String::from_utf8_lossy(&item.stderr)
     );
-    assert!(String::from_utf8_lossy(&item.stdout).contains("available      100"));
+    let item = String::from_utf8_lossy(&item.stdout).to_string();
+    assert!(
+        item.contains("available       99") && item.contains("committed        1"),
+        "{item}"
+    );
     let set = ordermesh(&[
         "inventory",
         "set",
@@ -148,6 +157,16 @@ fn up_starts_the_mesh_places_a_demo_order_and_stops_cleanly_on_ctrl_c() {
         &order_endpoint,
     ]);
     assert!(String::from_utf8_lossy(&got.stdout).contains(&order_id));
+    let shown = ordermesh(&[
+        "saga",
+        "show",
+        &order_id,
+        "--order-endpoint",
+        &order_endpoint,
+    ]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("reserve-inventory"));
+    let graph = ordermesh(&["saga", "graph"]);
+    assert!(String::from_utf8_lossy(&graph.stdout).starts_with("stateDiagram-v2"));
 
     nix::sys::signal::kill(Pid::from_raw(up.0.id() as i32), Signal::SIGINT).expect("Ctrl-C");
     let status = up.0.wait().expect("wait for ordermesh up");

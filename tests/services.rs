@@ -132,6 +132,86 @@ async fn an_order_is_stored_pending_with_its_total_and_a_retried_create_returns_
     );
 }
 
+#[tokio::test]
+async fn get_order_reads_through_redis_and_still_answers_when_redis_is_unreachable() {
+    let env = TestEnv::new();
+    let order = env.start(ServiceName::Order).await;
+    let mut c = OrderServiceClient::new(order.channel().await);
+    let created = c
+        .create_order(order_request("cached"))
+        .await
+        .expect("create")
+        .into_inner()
+        .order
+        .expect("order");
+    let got = c
+        .get_order(GetOrderRequest {
+            order_id: created.order_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.order.as_ref(), Some(&created));
+    let redis = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
+    let mut redis = redis
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let cached: Option<Vec<u8>> = redis::AsyncCommands::get(
+        &mut redis,
+        format!("{}:order:{}", env.namespace, created.order_id),
+    )
+    .await
+    .expect("redis get");
+    assert!(cached.is_some(), "GetOrder filled the cache");
+    let _: () = redis::AsyncCommands::del(
+        &mut redis,
+        format!("{}:order:{}", env.namespace, created.order_id),
+    )
+    .await
+    .expect("del");
+
+    let no_redis = [(
+        "ORDERMESH_REDIS__URL".to_string(),
+        format!("redis://127.0.0.1:{}", common::free_port().await),
+    )];
+    let cacheless = env.spawn(ServiceName::Order, &no_redis).await;
+    cacheless.wait_serving().await;
+    let mut c = OrderServiceClient::new(cacheless.channel().await);
+    let other = c
+        .create_order(order_request("no-cache"))
+        .await
+        .expect("create without redis")
+        .into_inner()
+        .order
+        .expect("order");
+    for id in [&created.order_id, &other.order_id] {
+        let got = c
+            .get_order(GetOrderRequest {
+                order_id: id.clone(),
+            })
+            .await
+            .expect("get without redis")
+            .into_inner();
+        assert_eq!(got.order.map(|o| o.order_id), Some(id.clone()));
+    }
+}
+
+fn order_request(request_id: &str) -> CreateOrderRequest {
+    CreateOrderRequest {
+        request_id: request_id.into(),
+        customer_id: "cust-2".into(),
+        lines: vec![OrderLine {
+            sku: "MOUSE".into(),
+            quantity: 1,
+            unit_price: usd(2_500),
+        }],
+        shipping_address: address(),
+        shipping_method: 0,
+        payment_token: "tok_visa".into(),
+    }
+}
+
 fn charge(order_id: Uuid, amount: i64, token: &str) -> ChargeRequest {
     ChargeRequest {
         idempotency_key: format!("{order_id}:process-payment"),

@@ -211,4 +211,6 @@ async fn bad_orders_name_the_field_and_store_nothing() {
     let db = env.db(ServiceName::Order).await;
     assert_eq!(count(&db, "order_events").await, 0);
     assert_eq!(count(&db, "order_view").await, 0);
+    assert_eq!(count(&db, "sagas").await, 0, "no saga started");
+    assert_eq!(count(&db, "outbox").await, 0);
 }

@@ -4,6 +4,7 @@
 mod inventory;
 mod order;
 pub(crate) mod output;
+mod saga;
 mod up;
 
 use std::process::ExitCode;
@@ -37,6 +38,9 @@ enum Command {
     /// Create and read orders.
     #[command(subcommand)]
     Order(Box<order::OrderCommand>),
+    /// Inspect sagas.
+    #[command(subcommand)]
+    Saga(saga::SagaCommand),
     /// Set and read stock levels.
     #[command(subcommand)]
     Inventory(inventory::InventoryCommand),
@@ -89,6 +93,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Up(args) => up::run(args).await,
         Command::Order(command) => order::run(*command).await,
         Command::Inventory(command) => inventory::run(command).await,
+        Command::Saga(command) => saga::run(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

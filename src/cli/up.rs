@@ -25,7 +25,7 @@ use crate::{
     proto::{
         common::{Address, Money},
         inventory::UpsertItemRequest,
-        order::{CreateOrderRequest, OrderLine},
+        order::{CreateOrderRequest, GetSagaTimelineRequest, OrderLine, WatchOrderRequest},
     },
 };
 
@@ -302,14 +302,35 @@ async fn demo(endpoints: &Endpoints) -> anyhow::Result<()> {
         shipping_method: 0,
         payment_token: "tok_visa".into(),
     };
-    let order = endpoints
-        .order()?
+    let mut orders = endpoints.order()?;
+    let order = orders
         .create_order(request)
         .await
         .context("placing the demo order")?
         .into_inner()
         .order;
-    println!("demo: placed an order");
-    super::order::print_order(order.as_ref());
+    let order_id = order.map(|o| o.order_id).unwrap_or_default();
+    println!("demo: placed order {order_id}; watching it");
+    let mut watch = orders
+        .watch_order(WatchOrderRequest {
+            order_id: order_id.clone(),
+        })
+        .await
+        .context("watching the demo order")?
+        .into_inner();
+    while let Some(update) = watch.message().await.context("watching the demo order")? {
+        if let Some(o) = update.order {
+            println!(
+                "demo: order is {}",
+                o.status().as_str_name().trim_start_matches("ORDER_STATUS_")
+            );
+        }
+    }
+    let timeline = orders
+        .get_saga_timeline(GetSagaTimelineRequest { order_id })
+        .await
+        .context("reading the demo saga")?
+        .into_inner();
+    super::saga::print_timeline(&timeline);
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! the test ends, also when it panics. `TEST_LOG=1` echoes service logs.
 #![allow(dead_code)]
 
+pub mod saga;
+
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
@@ -76,9 +78,19 @@ impl TestEnv {
             .expect("connect to the service database")
     }
 
-    /// Environment for a service process of this test.
+    /// Environment for a service process of this test. Peers point at a closed port unless a
+    /// mesh wires them, so a test never talks to a mesh running on the default ports.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env: Vec<(String, String)> = ServiceName::ALL
+            .iter()
+            .map(|s| {
+                (
+                    format!("ORDERMESH_ENDPOINTS__{}", s.as_str().to_uppercase()),
+                    "http://127.0.0.1:9".to_string(),
+                )
+            })
+            .collect();
+        env.extend([
             ("ORDERMESH_NAMESPACE".into(), self.namespace.clone()),
             ("ORDERMESH_NATS__URL".into(), nats_url()),
             ("ORDERMESH_DATABASE__URL".into(), PG_URL.into()),
@@ -86,7 +98,8 @@ impl TestEnv {
             ("ORDERMESH_ADMIN_ADDR".into(), "127.0.0.1:0".into()),
             ("ORDERMESH_LOG__FORMAT".into(), "json".into()),
             ("ORDERMESH_LOG__FILTER".into(), "info".into()),
-        ]
+        ]);
+        env
     }
 
     /// Starts one service and waits until it reports SERVING.
@@ -98,11 +111,19 @@ impl TestEnv {
 
     /// Starts all five services, callees first, with endpoints wired to each other.
     pub async fn start_mesh(&self) -> Mesh {
+        self.start_mesh_with(&[]).await
+    }
+
+    /// Like [`TestEnv::start_mesh`], with extra environment for every service.
+    pub async fn start_mesh_with(&self, extra: &[(&str, &str)]) -> Mesh {
         let mut services = HashMap::new();
-        let mut endpoints: Vec<(String, String)> = Vec::new();
+        let mut env: Vec<(String, String)> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         for s in ServiceName::ALL {
-            let process = self.spawn(s, &endpoints).await;
-            endpoints.push((
+            let process = self.spawn(s, &env).await;
+            env.push((
                 format!("ORDERMESH_ENDPOINTS__{}", s.as_str().to_uppercase()),
                 process.url(),
             ));
@@ -111,7 +132,7 @@ impl TestEnv {
         for p in services.values() {
             p.wait_serving().await;
         }
-        Mesh { services }
+        Mesh { services, env }
     }
 
     /// Starts a service process with extra environment; returns once its ports are bound.
@@ -156,11 +177,30 @@ impl Drop for TestEnv {
 /// All five services of one test.
 pub struct Mesh {
     pub services: HashMap<ServiceName, ServiceProcess>,
+    /// The environment every service got (extra settings and endpoints).
+    pub env: Vec<(String, String)>,
 }
 
 impl Mesh {
     pub fn get(&self, s: ServiceName) -> &ServiceProcess {
         &self.services[&s]
+    }
+
+    /// Kills a service with SIGKILL (no shutdown at all), as a crash would.
+    pub fn kill(&mut self, s: ServiceName) {
+        if let Some(mut process) = self.services.remove(&s) {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+
+    /// Starts a service again (on its old gRPC port, so callers' channels reconnect to it).
+    pub async fn restart(&mut self, env: &TestEnv, s: ServiceName, old_grpc: SocketAddr) {
+        let mut extra = self.env.clone();
+        extra.push(("ORDERMESH_GRPC_ADDR".into(), old_grpc.to_string()));
+        let process = env.spawn(s, &extra).await;
+        process.wait_serving().await;
+        self.services.insert(s, process);
     }
 }
 

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod consumer;
 mod store;
 
 use std::future::Future;
@@ -33,6 +34,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             .max_decoding_message_size(max_message),
     );
     let settings = host.settings().clone();
+    let background = host.background();
     let start = async move {
         let db = ordermesh::startup::database(&settings, &MIGRATOR).await?;
         let nats = ordermesh::startup::nats(&settings).await?;
@@ -43,6 +45,17 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             || ordermesh::nats::ensure_stream(&nats.jetstream, names.order_events_config()),
         )
         .await?;
+        let stream = names.order_events_stream();
+        let consumer = ordermesh::startup::retry(
+            "notification consumer",
+            |_| true,
+            || {
+                nats.jetstream
+                    .create_consumer_on_stream(consumer::config(), stream.as_str())
+            },
+        )
+        .await?;
+        background.spawn(consumer::run(db.clone(), consumer, background.token()));
         deps.set(Deps { pool: db, nats });
         Ok(())
     };

@@ -4,7 +4,7 @@ use std::pin::Pin;
 
 use futures::Stream;
 use ordermesh::{
-    domain::parse_uuid,
+    domain::{parse_required_text, parse_uuid},
     limits,
     proto::{
         common::PageResponse,
@@ -15,7 +15,14 @@ use ordermesh::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{Deps, store, validate};
+use crate::{
+    Deps, read_model,
+    saga::{
+        definition::Step,
+        state::{self, Outcome},
+    },
+    store, validate,
+};
 
 pub struct Orders {
     deps: Ready<Deps>,
@@ -25,14 +32,6 @@ impl Orders {
     pub(crate) fn new(deps: Ready<Deps>) -> Orders {
         Orders { deps }
     }
-}
-
-/// The saga (CancelOrder, GetSagaTimeline, WatchOrder) lands with the orchestrator; until then
-/// these RPCs say so plainly instead of pretending.
-fn saga_not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} needs the saga orchestrator, which this build does not include yet"
-    ))
 }
 
 #[tonic::async_trait]
@@ -45,7 +44,7 @@ impl OrderService for Orders {
         let r = request.get_ref();
         let order = validate::create_order(r)?;
         let deps = self.deps.get()?;
-        let response = store::create(&deps.pool, r, order).await?;
+        let response = store::create(&deps.pool, &deps.saga, r, order).await?;
         if let Some(order) = &response.order {
             tracing::Span::current().record("order_id", order.order_id.as_str());
             if response.created {
@@ -63,7 +62,7 @@ impl OrderService for Orders {
         let mut v = Violations::new();
         let order_id = v.parse("order_id", parse_uuid(&request.get_ref().order_id));
         let order_id = v.finish(order_id)?;
-        match store::get(&self.deps.get()?.pool, order_id).await? {
+        match read_model::get(self.deps.get()?, order_id).await? {
             Some(order) => Ok(Response::new(GetOrderResponse { order: Some(order) })),
             None => Err(Status::not_found(format!("no order {order_id}"))),
         }
@@ -112,26 +111,122 @@ impl OrderService for Orders {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
     async fn cancel_order(
         &self,
-        _: Request<CancelOrderRequest>,
+        request: Request<CancelOrderRequest>,
     ) -> Result<Response<CancelOrderResponse>, Status> {
-        Err(saga_not_yet("CancelOrder"))
+        let r = request.get_ref();
+        let mut v = Violations::new();
+        let order_id = v.parse("order_id", parse_uuid(&r.order_id));
+        v.parse(
+            "reason",
+            parse_required_text(&r.reason, limits::MAX_REASON_LEN),
+        );
+        let order_id = v.finish(order_id)?;
+        let deps = self.deps.get()?;
+        let saga = state::load(&deps.pool, order_id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no order {order_id}")))?;
+        match saga.current {
+            Some(step) if !step.spec().compensation && step != Step::ConfirmOrder => {
+                let reason = format!("cancelled by request: {}", r.reason);
+                state::advance(
+                    &deps.pool,
+                    &deps.saga,
+                    order_id,
+                    step,
+                    Outcome::GaveUp(reason),
+                )
+                .await?;
+                read_model::invalidate(deps, order_id).await;
+            }
+            Some(Step::ConfirmOrder) => {
+                return Err(Status::failed_precondition(
+                    "the order is being confirmed and can no longer be cancelled",
+                ));
+            }
+            _ => {} // already compensating or finished: nothing to do
+        }
+        let order = store::get(&deps.pool, order_id).await?;
+        Ok(Response::new(CancelOrderResponse { order }))
     }
 
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
     async fn get_saga_timeline(
         &self,
-        _: Request<GetSagaTimelineRequest>,
+        request: Request<GetSagaTimelineRequest>,
     ) -> Result<Response<GetSagaTimelineResponse>, Status> {
-        Err(saga_not_yet("GetSagaTimeline"))
+        let mut v = Violations::new();
+        let order_id = v.parse("order_id", parse_uuid(&request.get_ref().order_id));
+        let order_id = v.finish(order_id)?;
+        let deps = self.deps.get()?;
+        let order = store::get(&deps.pool, order_id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no order {order_id}")))?;
+        let (definition_version, steps) = state::timeline(&deps.pool, order_id)
+            .await?
+            .unwrap_or_default();
+        Ok(Response::new(GetSagaTimelineResponse {
+            failure_reason: order.failure_reason.clone(),
+            order: Some(order),
+            steps,
+            definition_version: u32::try_from(definition_version).unwrap_or(0),
+        }))
     }
 
     type WatchOrderStream = Pin<Box<dyn Stream<Item = Result<WatchOrderResponse, Status>> + Send>>;
 
+    /// Sends the order now and after every change, until it is terminal.
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
     async fn watch_order(
         &self,
-        _: Request<WatchOrderRequest>,
+        request: Request<WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
-        Err(saga_not_yet("WatchOrder"))
+        let mut v = Violations::new();
+        let order_id = v.parse("order_id", parse_uuid(&request.get_ref().order_id));
+        let order_id = v.finish(order_id)?;
+        let pool = self.deps.get()?.pool.clone();
+        let first = store::get(&pool, order_id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no order {order_id}")))?;
+        let stream = futures::stream::unfold(
+            (Some(first), 0i64, false),
+            move |(pending, last_version, done)| {
+                let pool = pool.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let mut order = pending;
+                    loop {
+                        if let Some(o) = order.take().filter(|o| o.version > last_version) {
+                            let terminal = is_terminal(o.status());
+                            let version = o.version;
+                            return Some((
+                                Ok(WatchOrderResponse { order: Some(o) }),
+                                (None, version, terminal),
+                            ));
+                        }
+                        tokio::time::sleep(WATCH_POLL).await;
+                        match store::get(&pool, order_id).await {
+                            Ok(found) => order = found,
+                            Err(status) => return Some((Err(status), (None, last_version, true))),
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// How often WatchOrder looks for a change.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn is_terminal(status: OrderStatus) -> bool {
+    matches!(
+        status,
+        OrderStatus::Confirmed | OrderStatus::Cancelled | OrderStatus::Failed
+    )
 }

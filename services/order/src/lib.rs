@@ -1,18 +1,39 @@
 //! The order service: accepts orders, keeps them event-sourced (append-only `order_events`,
 //! with an `order_view` read model projected in the same transaction), and orchestrates each
-//! order's saga.
+//! order's saga (see [`saga`]).
 #![forbid(unsafe_code)]
 
 mod api;
 mod model;
+mod read_model;
+pub mod saga;
 mod store;
 mod validate;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
+use anyhow::Context;
 use ordermesh::{
-    config::Settings, nats::Names, proto::order::order_service_server::OrderServiceServer,
-    ready::Ready, server::Host,
+    client::{self, Propagate},
+    config::{ServiceName, Settings},
+    nats::ensure_stream,
+    proto::{
+        inventory::inventory_service_client::InventoryServiceClient,
+        order::order_service_server::OrderServiceServer,
+        payment::payment_service_client::PaymentServiceClient,
+        shipping::shipping_service_client::ShippingServiceClient,
+    },
+    ready::Ready,
+    server::Host,
+    startup::retry,
+};
+use serde::{Deserialize, Serialize};
+
+use saga::{
+    definition::Timeouts,
+    executor::{self, Callees, Worker},
+    messages::Names,
+    state::SagaContext,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -20,13 +41,29 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// What handlers need once start-up has connected everything.
 pub(crate) struct Deps {
     pub pool: sqlx::PgPool,
-    /// Kept for the life of the process: dropping the last handle closes the connection.
-    #[allow(dead_code)]
-    pub nats: ordermesh::nats::Nats,
+    /// Read-through cache of GetOrder answers.
+    pub cache: ordermesh::cache::Cache,
+    pub saga: SagaContext,
 }
 
-/// Serves the order API until `shutdown` completes.
+/// `ORDERMESH_SAGA__*` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SagaSettings {
+    #[serde(flatten)]
+    pub timeouts: Timeouts,
+    /// Saga steps one instance runs at once. `ORDERMESH_SAGA__CONCURRENCY`.
+    pub concurrency: usize,
+}
+
+/// Serves the order API and runs the saga until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let saga_settings: SagaSettings = ordermesh::config::extract_section(
+        "saga",
+        SagaSettings {
+            timeouts: Timeouts::default(),
+            concurrency: 64,
+        },
+    )?;
     let deps = Ready::default();
     let mut host = Host::bind(settings).await?;
     let max_message = host.settings().server.max_message_bytes;
@@ -35,17 +72,93 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             .max_decoding_message_size(max_message),
     );
     let settings = host.settings().clone();
+    let background = host.background();
     let start = async move {
         let pool = ordermesh::startup::database(&settings, &MIGRATOR).await?;
         let nats = ordermesh::startup::nats(&settings).await?;
         let names = Names::new(&settings.namespace);
-        ordermesh::startup::retry(
-            "order events stream",
+        let events = ordermesh::nats::Names::new(&settings.namespace);
+        for config in [
+            events.order_events_config(),
+            names.steps_stream(),
+            names.timeouts_stream(),
+            names.dead_letters_stream(),
+        ] {
+            retry(
+                "saga streams",
+                |_| true,
+                || ensure_stream(&nats.jetstream, config.clone()),
+            )
+            .await?;
+        }
+        let steps_stream = names.steps_stream().name;
+        let timeouts_stream = names.timeouts_stream().name;
+        let max_in_flight = i64::try_from(saga_settings.concurrency * 2).unwrap_or(128);
+        let steps = retry(
+            "saga step consumer",
             |_| true,
-            || ordermesh::nats::ensure_stream(&nats.jetstream, names.order_events_config()),
+            || {
+                nats.jetstream.create_consumer_on_stream(
+                    names.steps_consumer(max_in_flight),
+                    steps_stream.as_str(),
+                )
+            },
         )
         .await?;
-        deps.set(Deps { pool, nats });
+        let timeouts = retry(
+            "saga timeout consumer",
+            |_| true,
+            || {
+                nats.jetstream
+                    .create_consumer_on_stream(names.timeouts_consumer(), timeouts_stream.as_str())
+            },
+        )
+        .await?;
+
+        let propagate = Propagate::new(settings.client.timeout);
+        let channel = |s: ServiceName| {
+            client::channel(settings.endpoints.of(s), &settings.client).context("service endpoint")
+        };
+        let callees = Callees {
+            inventory: InventoryServiceClient::with_interceptor(
+                channel(ServiceName::Inventory)?,
+                propagate.clone(),
+            ),
+            payment: PaymentServiceClient::with_interceptor(
+                channel(ServiceName::Payment)?,
+                propagate.clone(),
+            ),
+            shipping: ShippingServiceClient::with_interceptor(
+                channel(ServiceName::Shipping)?,
+                propagate,
+            ),
+        };
+        let cache = ordermesh::cache::Cache::connect(&settings.redis, &settings.namespace);
+        let saga = SagaContext {
+            names,
+            order_events: events,
+            timeouts: saga_settings.timeouts.clone(),
+        };
+        let worker = Arc::new(Worker {
+            pool: pool.clone(),
+            saga: saga.clone(),
+            callees,
+            cache: cache.clone(),
+            jetstream: nats.jetstream.clone(),
+        });
+        background.spawn(saga::outbox::relay(
+            pool.clone(),
+            nats.jetstream.clone(),
+            background.token(),
+        ));
+        background.spawn(executor::run(
+            worker.clone(),
+            steps,
+            saga_settings.concurrency,
+            background.token(),
+        ));
+        background.spawn(executor::run_timeouts(worker, timeouts, background.token()));
+        deps.set(Deps { pool, cache, saga });
         Ok(())
     };
     host.serve(start, shutdown).await

@@ -75,6 +75,7 @@ impl From<AddressRecord> for Address {
 /// `order_events`; variants are only ever added, never changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // a handful per order; boxing would only add noise
 pub enum OrderEvent {
     /// The order was accepted.
     Submitted {
@@ -86,14 +87,99 @@ pub enum OrderEvent {
         shipping_method: String,
         request_id: String,
     },
+    /// Stock is held.
+    InventoryReserved { reservation_id: String },
+    /// The payment was captured.
+    PaymentCaptured {
+        payment_id: String,
+        processor_version: String,
+    },
+    /// A shipping label exists.
+    LabelCreated { tracking_number: String },
+    /// Stock committed, order confirmed.
+    Confirmed { confirmation_number: String },
+    /// A step failed; completed steps are being undone.
+    CompensationStarted { failed_step: String, reason: String },
+    /// One compensation finished.
+    Compensated { step: String },
+    /// Everything was undone; terminal.
+    Cancelled { reason: String },
+    /// A compensation could not finish and was parked for an operator; terminal.
+    Failed { reason: String },
 }
 
 impl OrderEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
             OrderEvent::Submitted { .. } => "submitted",
+            OrderEvent::InventoryReserved { .. } => "inventory_reserved",
+            OrderEvent::PaymentCaptured { .. } => "payment_captured",
+            OrderEvent::LabelCreated { .. } => "label_created",
+            OrderEvent::Confirmed { .. } => "confirmed",
+            OrderEvent::CompensationStarted { .. } => "compensation_started",
+            OrderEvent::Compensated { .. } => "compensated",
+            OrderEvent::Cancelled { .. } => "cancelled",
+            OrderEvent::Failed { .. } => "failed",
         }
     }
+}
+
+/// The mutable part of an order's view row, as events change it. [`Projection::apply`] is the
+/// projection: live writes and `ordermesh projections rebuild` both use it, so they agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projection {
+    pub status: OrderStatus,
+    pub confirmation_number: String,
+    pub tracking_number: String,
+    pub failure_reason: String,
+    pub version: i64,
+}
+
+impl Projection {
+    pub fn of(row: &OrderRow) -> Projection {
+        Projection {
+            status: OrderStatus::from_str_name(&row.status).unwrap_or_default(),
+            confirmation_number: row.confirmation_number.clone(),
+            tracking_number: row.tracking_number.clone(),
+            failure_reason: row.failure_reason.clone(),
+            version: row.version,
+        }
+    }
+
+    /// Applies the next event (version `self.version + 1`).
+    pub fn apply(&mut self, event: &OrderEvent) {
+        self.version += 1;
+        match event {
+            OrderEvent::Submitted { .. } => self.status = OrderStatus::Pending,
+            OrderEvent::InventoryReserved { .. } => self.status = OrderStatus::InventoryReserved,
+            OrderEvent::PaymentCaptured { .. } => self.status = OrderStatus::PaymentProcessed,
+            OrderEvent::LabelCreated { tracking_number } => {
+                self.tracking_number = tracking_number.clone()
+            }
+            OrderEvent::Confirmed {
+                confirmation_number,
+            } => {
+                self.status = OrderStatus::Confirmed;
+                self.confirmation_number = confirmation_number.clone();
+            }
+            OrderEvent::CompensationStarted { reason, .. } => {
+                self.status = OrderStatus::Compensating;
+                self.failure_reason = reason.clone();
+            }
+            OrderEvent::Compensated { .. } => {}
+            OrderEvent::Cancelled { .. } => self.status = OrderStatus::Cancelled,
+            OrderEvent::Failed { reason } => {
+                self.status = OrderStatus::Failed;
+                self.failure_reason = reason.clone();
+            }
+        }
+    }
+}
+
+/// `ORD-yyyyMMdd-XXXXXXXX`: the order's creation date and the first 8 hex digits of its id.
+pub fn confirmation_number(order_id: Uuid, created_at: DateTime<Utc>) -> String {
+    let hex = order_id.simple().to_string().to_uppercase();
+    format!("ORD-{}-{}", created_at.format("%Y%m%d"), &hex[..8])
 }
 
 /// A row of `order_view`.
@@ -151,5 +237,48 @@ impl From<OrderRow> for Order {
             updated_at: Some(to_proto(r.updated_at)),
             version: r.version,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirmation_numbers_use_the_date_and_the_ids_first_eight_hex_digits() {
+        let id = Uuid::parse_str("0192f0c1-7d3e-7a10-8000-000000000001").expect("uuid");
+        let at = DateTime::parse_from_rfc3339("2026-11-29T07:50:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        assert_eq!(confirmation_number(id, at), "ORD-20261129-0192F0C1");
+    }
+
+    #[test]
+    fn the_projection_follows_a_compensated_saga_to_cancelled() {
+        let mut p = Projection {
+            status: OrderStatus::Pending,
+            confirmation_number: String::new(),
+            tracking_number: String::new(),
+            failure_reason: String::new(),
+            version: 1,
+        };
+        p.apply(&OrderEvent::InventoryReserved {
+            reservation_id: "r".into(),
+        });
+        p.apply(&OrderEvent::CompensationStarted {
+            failed_step: "process-payment".into(),
+            reason: "declined".into(),
+        });
+        assert_eq!(p.status, OrderStatus::Compensating);
+        p.apply(&OrderEvent::Compensated {
+            step: "release-inventory".into(),
+        });
+        p.apply(&OrderEvent::Cancelled {
+            reason: "declined".into(),
+        });
+        assert_eq!(
+            (p.status, p.failure_reason.as_str(), p.version),
+            (OrderStatus::Cancelled, "declined", 5)
+        );
     }
 }

@@ -9,7 +9,8 @@ use sqlx::{PgConnection, PgPool, types::Json};
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::model::{NewOrder, ORDER_COLUMNS, OrderEvent, OrderRow};
+use crate::model::{NewOrder, ORDER_COLUMNS, OrderEvent, OrderRow, Projection};
+use crate::saga::state::{self, SagaContext};
 
 /// Appends `event` as version `version` of the order's stream. A concurrent writer that got
 /// there first makes this fail with ABORTED (the caller reloads and retries).
@@ -18,25 +19,79 @@ async fn append(
     order_id: Uuid,
     version: i64,
     event: &OrderEvent,
-) -> Result<(), Status> {
+) -> Result<Uuid, Status> {
     let payload =
         serde_json::to_value(event).map_err(|_| Status::internal("event is not serialisable"))?;
+    let event_id = Uuid::now_v7();
     sqlx::query("INSERT INTO order_events (order_id, version, event_id, event_type, payload) VALUES ($1, $2, $3, $4, $5)")
         .bind(order_id)
         .bind(version)
-        .bind(Uuid::now_v7())
+        .bind(event_id)
         .bind(event.event_type())
         .bind(payload)
         .execute(&mut *conn)
         .await
         .map_err(db::status)?;
-    Ok(())
+    Ok(event_id)
 }
 
-/// Stores a new order (its Submitted event and its view row) in one transaction. With a client
+/// Appends `events` to the order's stream and projects them onto its view row, in the caller's
+/// transaction. Returns the new events' ids and the updated row.
+pub async fn append_and_project(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    events: &[OrderEvent],
+) -> Result<(Vec<Uuid>, OrderRow), Status> {
+    let row: OrderRow = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM order_view WHERE order_id = $1 FOR UPDATE"
+    ))
+    .bind(order_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db::status)?;
+    if events.is_empty() {
+        return Ok((Vec::new(), row));
+    }
+    let mut projection = Projection::of(&row);
+    let mut ids = Vec::with_capacity(events.len());
+    for event in events {
+        projection.apply(event);
+        ids.push(append(conn, order_id, projection.version, event).await?);
+    }
+    let row: OrderRow = sqlx::query_as(&format!(
+        "UPDATE order_view SET status = $2, confirmation_number = $3, tracking_number = $4, failure_reason = $5,
+                version = $6, updated_at = now()
+         WHERE order_id = $1 RETURNING {ORDER_COLUMNS}"
+    ))
+    .bind(order_id)
+    .bind(projection.status.as_str_name())
+    .bind(&projection.confirmation_number)
+    .bind(&projection.tracking_number)
+    .bind(&projection.failure_reason)
+    .bind(projection.version)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db::status)?;
+    Ok((ids, row))
+}
+
+/// The view row of an order (the saga reads lines, total and address from it).
+pub async fn get_row(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderRow>, Status> {
+    sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM order_view WHERE order_id = $1"
+    ))
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db::status)
+}
+
+/// Stores a new order (its Submitted event, its view row, its saga and the saga's first step in
+/// the outbox) in one transaction. With a client
 /// `request_id` already seen, returns that order instead (`created` false).
 pub async fn create(
     pool: &PgPool,
+    saga: &SagaContext,
     request: &CreateOrderRequest,
     order: NewOrder,
 ) -> Result<CreateOrderResponse, Status> {
@@ -88,6 +143,7 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await
     .map_err(db::status)?;
+    state::start(&mut tx, saga, order_id, &request.payment_token).await?;
     let response = CreateOrderResponse {
         order: Some(row.into()),
         created: true,

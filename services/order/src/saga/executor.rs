@@ -1,0 +1,500 @@
+//! Runs saga steps from JetStream: a durable pull consumer with explicit acks, at most
+//! `concurrency` steps in flight per instance. Each step calls its service with the idempotency
+//! key `<order_id>:<step>`, then records the outcome (and queues the next step) in one
+//! transaction, then acks. Transient failures are retried with the configured backoff (a delayed
+//! NAK); a message that cannot be decoded or keeps failing goes to the dead-letter stream.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use ordermesh::{
+    client::Propagate,
+    proto::{
+        common::Address,
+        inventory::{
+            CommitRequest, ReleaseRequest, ReservationLine, ReserveOutcome, ReserveRequest,
+            inventory_service_client::InventoryServiceClient,
+        },
+        order::ShippingMethod,
+        payment::{
+            ChargeRequest, PaymentStatus, RefundRequest,
+            payment_service_client::PaymentServiceClient,
+        },
+        shipping::{
+            CancelLabelRequest, CreateLabelRequest, shipping_service_client::ShippingServiceClient,
+        },
+    },
+};
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use super::{
+    definition::Step,
+    messages::{MAX_DELIVER, StepMessage},
+    state::{self, Outcome, SagaContext},
+};
+use crate::{model::OrderEvent, model::OrderRow, store};
+
+type Traced = InterceptedService<Channel, Propagate>;
+
+/// gRPC clients of the services the saga calls.
+#[derive(Clone)]
+pub struct Callees {
+    pub inventory: InventoryServiceClient<Traced>,
+    pub payment: PaymentServiceClient<Traced>,
+    pub shipping: ShippingServiceClient<Traced>,
+}
+
+/// What step handlers share.
+pub struct Worker {
+    pub pool: PgPool,
+    pub saga: SagaContext,
+    pub callees: Callees,
+    pub cache: ordermesh::cache::Cache,
+    pub jetstream: jetstream::Context,
+}
+
+/// Why a step must be tried again later.
+#[derive(Debug)]
+struct Retry(String);
+
+impl From<Status> for Retry {
+    fn from(s: Status) -> Retry {
+        Retry(format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+/// Consumes step messages until `shutdown`, then waits for the steps in flight.
+pub async fn run(
+    worker: Arc<Worker>,
+    consumer: PullConsumer,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let in_flight = TaskTracker::new();
+    'outer: loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, "cannot pull saga steps; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'outer,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break 'outer },
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let worker = worker.clone();
+                    in_flight.spawn(async move {
+                        worker.handle(message).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "saga step stream error; reconnecting");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    in_flight.close();
+    in_flight.wait().await;
+}
+
+impl Worker {
+    async fn handle(&self, message: jetstream::Message) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        let step_message: StepMessage = match serde_json::from_slice(&message.payload) {
+            Ok(m) => m,
+            Err(error) => {
+                self.dead_letter(
+                    &message,
+                    delivered,
+                    &format!("undecodable step message: {error}"),
+                )
+                .await;
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let (context, parent) = ordermesh::context::from_message_headers(message.headers.as_ref());
+        let span = tracing::info_span!(
+            "saga.step",
+            order_id = %step_message.order_id,
+            step = step_message.step.name(),
+            attempt = delivered,
+        );
+        let _ = span.set_parent(parent);
+        let result = context
+            .scope(self.execute(&step_message).instrument(span.clone()))
+            .await;
+        let _enter = span.enter();
+        match result {
+            Ok(()) => {
+                let _ = message.ack().await;
+            }
+            Err(Retry(reason)) if delivered < MAX_DELIVER => {
+                let delay = self.saga.timeouts.backoff(delivered);
+                tracing::info!(%reason, ?delay, "step failed transiently; will retry");
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+            Err(Retry(reason)) => {
+                let reason = format!("gave up after {delivered} attempts: {reason}");
+                tracing::warn!(%reason, "step dead-lettered");
+                self.dead_letter(&message, delivered, &reason).await;
+                let gave_up = Outcome::GaveUp(reason);
+                match state::advance(
+                    &self.pool,
+                    &self.saga,
+                    step_message.order_id,
+                    step_message.step,
+                    gave_up,
+                )
+                .await
+                {
+                    Ok(_) => {
+                        let _ = message.ack_with(AckKind::Term).await;
+                        self.cache
+                            .delete(&format!("order:{}", step_message.order_id))
+                            .await;
+                    }
+                    // Leave it for redelivery: the saga must not miss this transition.
+                    Err(error) => tracing::warn!(%error, "could not record the dead-lettered step"),
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, m: &StepMessage) -> Result<(), Retry> {
+        let Some(saga) = state::load(&self.pool, m.order_id).await? else {
+            tracing::warn!("step for an unknown saga; dropping");
+            return Ok(());
+        };
+        if saga.current != Some(m.step) {
+            return Ok(()); // a redelivery or a step the saga has moved past
+        }
+        let Some(order) = store::get_row(&self.pool, m.order_id).await? else {
+            return Err(Retry("the order's view row is missing".into()));
+        };
+        state::mark_attempt(&self.pool, m.order_id, m.step).await?;
+        let key = format!("{}:{}", m.order_id, m.step.name());
+        let outcome = self
+            .call(
+                m.step,
+                &key,
+                &order,
+                saga.payment_token.as_deref(),
+                &saga.failure_reason,
+            )
+            .await?;
+        if let Outcome::Rejected(reason) = &outcome {
+            tracing::info!(%reason, "step rejected; compensating");
+        }
+        state::advance(&self.pool, &self.saga, m.order_id, m.step, outcome).await?;
+        self.cache.delete(&format!("order:{}", m.order_id)).await;
+        Ok(())
+    }
+
+    /// Performs one step's call and classifies the answer.
+    async fn call(
+        &self,
+        step: Step,
+        key: &str,
+        order: &OrderRow,
+        token: Option<&str>,
+        reason: &str,
+    ) -> Result<Outcome, Retry> {
+        let order_id = order.order_id.to_string();
+        let c = self.callees.clone();
+        match step {
+            Step::ReserveInventory => {
+                let lines = order
+                    .lines
+                    .0
+                    .iter()
+                    .map(|l| ReservationLine {
+                        sku: l.sku.clone(),
+                        quantity: l.quantity,
+                    })
+                    .collect();
+                let request = ReserveRequest {
+                    idempotency_key: key.into(),
+                    order_id,
+                    lines,
+                };
+                let r = classify(c.inventory.clone().reserve(request).await)?;
+                Ok(match r {
+                    Err(reason) => Outcome::Rejected(reason),
+                    Ok(r) if r.outcome() == ReserveOutcome::Reserved => {
+                        Outcome::Succeeded(Some(OrderEvent::InventoryReserved {
+                            reservation_id: r
+                                .reservation
+                                .map(|r| r.reservation_id)
+                                .unwrap_or_default(),
+                        }))
+                    }
+                    Ok(r) => {
+                        let short: Vec<String> = r
+                            .shortages
+                            .iter()
+                            .map(|s| {
+                                format!(
+                                    "{} (requested {}, available {})",
+                                    s.sku, s.requested, s.available
+                                )
+                            })
+                            .collect();
+                        Outcome::Rejected(format!("insufficient stock: {}", short.join(", ")))
+                    }
+                })
+            }
+            Step::ProcessPayment => {
+                let Some(token) = token else {
+                    return Ok(Outcome::Rejected(
+                        "the payment token is no longer held".into(),
+                    ));
+                };
+                let request = ChargeRequest {
+                    idempotency_key: key.into(),
+                    order_id,
+                    amount: Some(ordermesh::proto::common::Money {
+                        currency_code: order.currency.clone(),
+                        amount_minor: order.total_minor,
+                    }),
+                    payment_token: token.into(),
+                    customer_id: order.customer_id.clone(),
+                };
+                Ok(match classify(c.payment.clone().charge(request).await)? {
+                    Err(reason) => Outcome::Rejected(reason),
+                    Ok(r) => match r.payment {
+                        Some(p) if p.status() == PaymentStatus::Captured => {
+                            Outcome::Succeeded(Some(OrderEvent::PaymentCaptured {
+                                payment_id: p.payment_id,
+                                processor_version: p.processor_version,
+                            }))
+                        }
+                        Some(p) => {
+                            Outcome::Rejected(format!("payment declined: {}", p.decline_reason))
+                        }
+                        None => Outcome::Rejected("payment service returned no payment".into()),
+                    },
+                })
+            }
+            Step::CreateShippingLabel => {
+                let method = ShippingMethod::from_str_name(&order.shipping_method)
+                    .unwrap_or(ShippingMethod::Standard);
+                let service_level = match method {
+                    ShippingMethod::Express => "express",
+                    ShippingMethod::Overnight => "overnight",
+                    _ => "standard",
+                };
+                let request = CreateLabelRequest {
+                    idempotency_key: key.into(),
+                    order_id,
+                    address: Some(Address::from(order.shipping_address.0.clone())),
+                    service_level: service_level.into(),
+                    units: order.lines.0.iter().map(|l| l.quantity).sum(),
+                };
+                Ok(
+                    match classify(c.shipping.clone().create_label(request).await)? {
+                        Err(reason) => Outcome::Rejected(reason),
+                        Ok(r) => Outcome::Succeeded(Some(OrderEvent::LabelCreated {
+                            tracking_number: r.label.map(|l| l.tracking_number).unwrap_or_default(),
+                        })),
+                    },
+                )
+            }
+            Step::ConfirmOrder => {
+                let request = CommitRequest {
+                    idempotency_key: key.into(),
+                    order_id,
+                };
+                Ok(match classify(c.inventory.clone().commit(request).await)? {
+                    Err(reason) => Outcome::Rejected(reason),
+                    Ok(_) => Outcome::Succeeded(None),
+                })
+            }
+            Step::ReleaseInventory => {
+                let request = ReleaseRequest {
+                    idempotency_key: key.into(),
+                    order_id,
+                    reason: reason.into(),
+                };
+                compensated(classify(c.inventory.clone().release(request).await)?)
+            }
+            Step::RefundPayment => {
+                let request = RefundRequest {
+                    idempotency_key: key.into(),
+                    order_id,
+                    amount: None,
+                    reason: reason.into(),
+                };
+                compensated(classify(c.payment.clone().refund(request).await)?)
+            }
+            Step::CancelLabel => {
+                let request = CancelLabelRequest {
+                    idempotency_key: key.into(),
+                    order_id,
+                    reason: reason.into(),
+                };
+                compensated(classify(c.shipping.clone().cancel_label(request).await)?)
+            }
+        }
+    }
+
+    /// Keeps an unprocessable message with its payload, subject, headers, delivery count and error.
+    async fn dead_letter(&self, message: &jetstream::Message, delivered: i64, error: &str) {
+        let mut headers = message.headers.clone().unwrap_or_default();
+        headers.insert("Ordermesh-Original-Subject", message.subject.as_str());
+        headers.insert("Ordermesh-Delivery-Count", delivered.to_string().as_str());
+        headers.insert(
+            "Ordermesh-Last-Error",
+            error.chars().take(500).collect::<String>().as_str(),
+        );
+        headers.insert("Nats-Msg-Id", Uuid::now_v7().to_string().as_str());
+        let subject = self.saga.names.dead_letter_subject("saga");
+        match self
+            .jetstream
+            .publish_with_headers(subject, headers, message.payload.clone())
+            .await
+        {
+            Ok(ack) => {
+                if let Err(e) = ack.await {
+                    tracing::error!(error = %e, "dead letter not stored");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "dead letter not published"),
+        }
+    }
+}
+
+/// A callee's answer: `Ok(Ok(response))`, `Ok(Err(reason))` for a definitive "no" (nothing
+/// happened, retrying cannot help), or `Err(Retry)` for anything that may succeed later.
+fn classify<T>(result: Result<tonic::Response<T>, Status>) -> Result<Result<T, String>, Retry> {
+    match result {
+        Ok(response) => Ok(Ok(response.into_inner())),
+        Err(status) => match status.code() {
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::OutOfRange
+            | Code::Unimplemented => Ok(Err(status.message().to_string())),
+            _ => Err(Retry::from(status)),
+        },
+    }
+}
+
+fn compensated<T>(answer: Result<T, String>) -> Result<Outcome, Retry> {
+    Ok(match answer {
+        Ok(_) => Outcome::Succeeded(None),
+        Err(reason) => Outcome::Rejected(reason),
+    })
+}
+
+/// Fires durable timeouts: each message waits (a delayed NAK) until due, then fails its step
+/// if the saga is still there.
+pub async fn run_timeouts(
+    worker: Arc<Worker>,
+    consumer: PullConsumer,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, "cannot pull saga timeouts; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => worker.fire(message).await,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "timeout stream error; reconnecting");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+impl Worker {
+    async fn fire(&self, message: jetstream::Message) {
+        let Ok(m) = serde_json::from_slice::<StepMessage>(&message.payload) else {
+            self.dead_letter(&message, 1, "undecodable timeout message")
+                .await;
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let due = m.due_at_ms.unwrap_or(now);
+        if due > now {
+            let wait = Duration::from_millis(u64::try_from(due - now).unwrap_or(0))
+                .min(Duration::from_secs(3600));
+            let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+            return;
+        }
+        let timeout = m
+            .step
+            .spec()
+            .deadline
+            .map(|d| self.saga.timeouts.of(d))
+            .unwrap_or_default();
+        let reason = format!(
+            "{} timed out after {}",
+            m.step.name(),
+            humantime_serde::re::humantime::format_duration(timeout)
+        );
+        match state::advance(
+            &self.pool,
+            &self.saga,
+            m.order_id,
+            m.step,
+            Outcome::TimedOut(reason.clone()),
+        )
+        .await
+        {
+            Ok(fired) => {
+                if fired {
+                    tracing::warn!(order_id = %m.order_id, step = m.step.name(), %reason, "step timed out; compensating");
+                    self.cache.delete(&format!("order:{}", m.order_id)).await;
+                }
+                let _ = message.ack().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not record a timeout; will retry");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! Saga persistence and transitions. Every transition is one transaction: lock the saga row,
+//! check the step is still the current one (a duplicate or late delivery changes nothing),
+//! record the step's outcome, append the order's events and project them onto the view, queue
+//! the next message(s) in the outbox, and commit. A crash anywhere means redelivery, never a lost
+//! or doubled step.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use ordermesh::{
+    db,
+    events::{OrderOutcome, OutcomeKind},
+    proto::order::{SagaStep, StepStatus},
+    time::to_proto,
+};
+use sqlx::{PgConnection, PgPool, types::Json};
+use tonic::Status;
+use uuid::Uuid;
+
+use super::{
+    definition::{self, DEFINITION_VERSION, FIRST, Step, Timeouts},
+    messages::{Names, StepMessage},
+    outbox,
+};
+use crate::{model::OrderEvent, store};
+
+/// Everything transitions need to know about naming and timing.
+#[derive(Debug, Clone)]
+pub struct SagaContext {
+    pub names: Names,
+    pub order_events: ordermesh::nats::Names,
+    pub timeouts: Timeouts,
+}
+
+/// A saga as stored.
+#[derive(Debug, Clone)]
+pub struct Saga {
+    pub order_id: Uuid,
+    pub definition_version: i32,
+    pub phase: String,
+    pub current: Option<Step>,
+    pub pending: Vec<Step>,
+    pub failure_reason: String,
+    pub payment_token: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SagaRow {
+    order_id: Uuid,
+    definition_version: i32,
+    phase: String,
+    current_step: Option<String>,
+    pending: Json<Vec<Step>>,
+    failure_reason: String,
+    payment_token: Option<String>,
+}
+
+impl From<SagaRow> for Saga {
+    fn from(r: SagaRow) -> Saga {
+        Saga {
+            order_id: r.order_id,
+            definition_version: r.definition_version,
+            phase: r.phase,
+            current: r.current_step.as_deref().and_then(Step::from_name),
+            pending: r.pending.0,
+            failure_reason: r.failure_reason,
+            payment_token: r.payment_token,
+        }
+    }
+}
+
+const SAGA_COLUMNS: &str =
+    "order_id, definition_version, phase, current_step, pending, failure_reason, payment_token";
+
+/// How a step ended, as the executor saw it.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per step execution
+pub enum Outcome {
+    /// Done; the event it produced, if any.
+    Succeeded(Option<OrderEvent>),
+    /// The callee said no (declined, out of stock): nothing happened.
+    Rejected(String),
+    /// Retries ran out or the saga was cancelled mid-step: whether it happened is unknown.
+    GaveUp(String),
+    /// The step's deadline passed: whether it happened is unknown.
+    TimedOut(String),
+}
+
+/// Creates the saga inside CreateOrder's transaction and queues its first step.
+pub async fn start(
+    conn: &mut PgConnection,
+    cx: &SagaContext,
+    order_id: Uuid,
+    payment_token: &str,
+) -> Result<(), Status> {
+    sqlx::query(
+        "INSERT INTO sagas (order_id, definition_version, phase, current_step, payment_token) VALUES ($1, $2, 'forward', $3, $4)",
+    )
+    .bind(order_id)
+    .bind(DEFINITION_VERSION as i32)
+    .bind(FIRST.name())
+    .bind(payment_token)
+    .execute(&mut *conn)
+    .await
+    .map_err(db::status)?;
+    queue(conn, cx, order_id, FIRST).await
+}
+
+/// Queues `step` (and its durable timeout) for execution after commit.
+async fn queue(
+    conn: &mut PgConnection,
+    cx: &SagaContext,
+    order_id: Uuid,
+    step: Step,
+) -> Result<(), Status> {
+    sqlx::query(
+        "INSERT INTO saga_steps (order_id, step, compensation, status) VALUES ($1, $2, $3, 'pending')
+         ON CONFLICT (order_id, step) DO UPDATE SET status = 'pending', queued_at = now()",
+    )
+    .bind(order_id)
+    .bind(step.name())
+    .bind(step.spec().compensation)
+    .execute(&mut *conn)
+    .await
+    .map_err(db::status)?;
+    let message = StepMessage {
+        order_id,
+        step,
+        due_at_ms: None,
+    };
+    let payload = serde_json::to_vec(&message)
+        .map_err(|_| Status::internal("step message not serialisable"))?;
+    outbox::enqueue(conn, Uuid::now_v7(), &cx.names.step_subject(step), &payload).await?;
+    if let Some(deadline) = step.spec().deadline {
+        let due = Utc::now() + cx.timeouts.of(deadline);
+        let timeout = StepMessage {
+            order_id,
+            step,
+            due_at_ms: Some(due.timestamp_millis()),
+        };
+        let payload = serde_json::to_vec(&timeout)
+            .map_err(|_| Status::internal("timeout not serialisable"))?;
+        outbox::enqueue(
+            conn,
+            Uuid::now_v7(),
+            &cx.names.timeout_subject(step),
+            &payload,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn load(pool: &PgPool, order_id: Uuid) -> Result<Option<Saga>, Status> {
+    let row: Option<SagaRow> = sqlx::query_as(&format!(
+        "SELECT {SAGA_COLUMNS} FROM sagas WHERE order_id = $1"
+    ))
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db::status)?;
+    Ok(row.map(Into::into))
+}
+
+/// Counts an attempt of `step` for the timeline.
+pub async fn mark_attempt(pool: &PgPool, order_id: Uuid, step: Step) -> Result<(), Status> {
+    sqlx::query(
+        "UPDATE saga_steps SET attempts = attempts + 1, status = 'running', started_at = coalesce(started_at, now())
+         WHERE order_id = $1 AND step = $2",
+    )
+    .bind(order_id)
+    .bind(step.name())
+    .execute(pool)
+    .await
+    .map_err(db::status)?;
+    Ok(())
+}
+
+async fn finish(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    step: Step,
+    status: &str,
+    error: &str,
+) -> Result<(), Status> {
+    sqlx::query(
+        "UPDATE saga_steps SET status = $3, error = $4, finished_at = now(), started_at = coalesce(started_at, now())
+         WHERE order_id = $1 AND step = $2",
+    )
+    .bind(order_id)
+    .bind(step.name())
+    .bind(status)
+    .bind(error)
+    .execute(&mut *conn)
+    .await
+    .map_err(db::status)?;
+    Ok(())
+}
+
+/// Applies `outcome` of `step`. Returns false (and changes nothing) when the saga is no longer
+/// at that step: a redelivery, a late answer after a timeout, or a timeout after success.
+pub async fn advance(
+    pool: &PgPool,
+    cx: &SagaContext,
+    order_id: Uuid,
+    step: Step,
+    outcome: Outcome,
+) -> Result<bool, Status> {
+    let mut tx = pool.begin().await.map_err(db::status)?;
+    let row: Option<SagaRow> = sqlx::query_as(&format!(
+        "SELECT {SAGA_COLUMNS} FROM sagas WHERE order_id = $1 FOR UPDATE"
+    ))
+    .bind(order_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db::status)?;
+    let Some(mut saga) = row.map(Saga::from) else {
+        return Ok(false);
+    };
+    if saga.current != Some(step) {
+        return Ok(false);
+    }
+    let compensation = step.spec().compensation;
+    let mut events = Vec::new();
+    let mut next = None;
+    match (compensation, outcome) {
+        (false, Outcome::Succeeded(event)) => {
+            finish(&mut tx, order_id, step, "succeeded", "").await?;
+            events.extend(event);
+            if step == Step::ProcessPayment {
+                saga.payment_token = None;
+            }
+            match step.spec().next {
+                Some(following) => next = Some(following),
+                None => saga.phase = "done".into(),
+            }
+        }
+        (false, failure) => {
+            let (reason, effect_unknown) = match failure {
+                Outcome::Rejected(r) => (r, false),
+                Outcome::GaveUp(r) | Outcome::TimedOut(r) => (r, true),
+                Outcome::Succeeded(_) => unreachable_outcome()?,
+            };
+            finish(&mut tx, order_id, step, "failed", &reason).await?;
+            events.push(OrderEvent::CompensationStarted {
+                failed_step: step.name().into(),
+                reason: reason.clone(),
+            });
+            saga.payment_token = None;
+            saga.failure_reason = reason.clone();
+            let mut undo = definition::compensations(step, effect_unknown);
+            if undo.is_empty() {
+                events.push(OrderEvent::Cancelled { reason });
+                saga.phase = "done".into();
+            } else {
+                saga.phase = "compensating".into();
+                next = Some(undo.remove(0));
+                saga.pending = undo;
+            }
+        }
+        (true, Outcome::Succeeded(_)) => {
+            finish(&mut tx, order_id, step, "succeeded", "").await?;
+            events.push(OrderEvent::Compensated {
+                step: step.name().into(),
+            });
+            if saga.pending.is_empty() {
+                events.push(OrderEvent::Cancelled {
+                    reason: saga.failure_reason.clone(),
+                });
+                saga.phase = "done".into();
+            } else {
+                next = Some(saga.pending.remove(0));
+            }
+        }
+        (true, Outcome::TimedOut(_)) => return Ok(false),
+        (true, Outcome::Rejected(reason) | Outcome::GaveUp(reason)) => {
+            finish(&mut tx, order_id, step, "failed", &reason).await?;
+            let reason = format!("compensation {} could not finish: {reason}", step.name());
+            events.push(OrderEvent::Failed {
+                reason: reason.clone(),
+            });
+            saga.failure_reason = reason;
+            saga.phase = "parked".into();
+        }
+    }
+    saga.current = next;
+
+    let (event_ids, row) = store::append_and_project(&mut tx, order_id, &events).await?;
+    // ConfirmOrder's own event needs the view (its creation date), so it is made here.
+    if saga.phase == "done" && saga.failure_reason.is_empty() && step == Step::ConfirmOrder {
+        let confirmation_number = crate::model::confirmation_number(order_id, row.created_at);
+        let (ids, _) = store::append_and_project(
+            &mut tx,
+            order_id,
+            &[OrderEvent::Confirmed {
+                confirmation_number: confirmation_number.clone(),
+            }],
+        )
+        .await?;
+        announce(
+            &mut tx,
+            cx,
+            ids[0],
+            order_id,
+            OutcomeKind::Confirmed,
+            confirmation_number,
+            String::new(),
+        )
+        .await?;
+    }
+    if let Some(position) = events
+        .iter()
+        .position(|e| matches!(e, OrderEvent::Cancelled { .. } | OrderEvent::Failed { .. }))
+    {
+        let reason = saga.failure_reason.clone();
+        announce(
+            &mut tx,
+            cx,
+            event_ids[position],
+            order_id,
+            OutcomeKind::Cancelled,
+            String::new(),
+            reason,
+        )
+        .await?;
+    }
+    if let Some(step) = next {
+        queue(&mut tx, cx, order_id, step).await?;
+    }
+    sqlx::query(
+        "UPDATE sagas SET phase = $2, current_step = $3, pending = $4, failure_reason = $5, payment_token = $6, updated_at = now()
+         WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(&saga.phase)
+    .bind(saga.current.map(Step::name))
+    .bind(Json(&saga.pending))
+    .bind(&saga.failure_reason)
+    .bind(&saga.payment_token)
+    .execute(&mut *tx)
+    .await
+    .map_err(db::status)?;
+    tx.commit().await.map_err(db::status)?;
+    Ok(true)
+}
+
+fn unreachable_outcome<T>() -> Result<T, Status> {
+    Err(Status::internal(
+        "saga transition received success as a failure",
+    ))
+}
+
+/// Queues the order's outcome event for notification (and anyone else listening).
+async fn announce(
+    conn: &mut PgConnection,
+    cx: &SagaContext,
+    event_id: Uuid,
+    order_id: Uuid,
+    kind: OutcomeKind,
+    confirmation_number: String,
+    reason: String,
+) -> Result<(), Status> {
+    let outcome = OrderOutcome {
+        event_id,
+        order_id,
+        kind,
+        confirmation_number,
+        reason,
+    };
+    let payload =
+        serde_json::to_vec(&outcome).map_err(|_| Status::internal("outcome not serialisable"))?;
+    outbox::enqueue(
+        conn,
+        event_id,
+        &cx.order_events.order_event_subject(kind.subject_token()),
+        &payload,
+    )
+    .await
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    step: String,
+    compensation: bool,
+    status: String,
+    attempts: i32,
+    started_at: Option<chrono::DateTime<Utc>>,
+    finished_at: Option<chrono::DateTime<Utc>>,
+    error: String,
+}
+
+/// The saga's steps in execution order, with its table version.
+pub async fn timeline(
+    pool: &PgPool,
+    order_id: Uuid,
+) -> Result<Option<(i32, Vec<SagaStep>)>, Status> {
+    let Some(saga) = load(pool, order_id).await? else {
+        return Ok(None);
+    };
+    let rows: Vec<StepRow> = sqlx::query_as(
+        "SELECT step, compensation, status, attempts, started_at, finished_at, error FROM saga_steps
+         WHERE order_id = $1 ORDER BY queued_at, compensation",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await
+    .map_err(db::status)?;
+    let steps = rows
+        .into_iter()
+        .map(|r| {
+            let status = match r.status.as_str() {
+                "pending" => StepStatus::Pending,
+                "running" => StepStatus::Running,
+                "succeeded" => StepStatus::Succeeded,
+                "failed" => StepStatus::Failed,
+                _ => StepStatus::Unspecified,
+            };
+            let duration = match (r.started_at, r.finished_at) {
+                (Some(s), Some(f)) => (f - s).to_std().ok().map(duration_to_proto),
+                _ => None,
+            };
+            SagaStep {
+                name: r.step,
+                compensation: r.compensation,
+                status: status as i32,
+                attempts: u32::try_from(r.attempts).unwrap_or(0),
+                started_at: r.started_at.map(to_proto),
+                finished_at: r.finished_at.map(to_proto),
+                duration,
+                error: r.error,
+            }
+        })
+        .collect();
+    Ok(Some((saga.definition_version, steps)))
+}
+
+fn duration_to_proto(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}

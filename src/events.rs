@@ -1,0 +1,37 @@
+//! Events that cross service boundaries over JetStream (JSON payloads). The order service
+//! publishes an [`OrderOutcome`] through its outbox when an order ends; notification consumes it.
+//! Fields are only ever added (with defaults), never renamed.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// How an order ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeKind {
+    Confirmed,
+    Cancelled,
+}
+
+impl OutcomeKind {
+    /// Last subject token: `<ns>.order.events.confirmed` / `.cancelled`.
+    pub fn subject_token(self) -> &'static str {
+        match self {
+            OutcomeKind::Confirmed => "confirmed",
+            OutcomeKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// OrderConfirmed / OrderCancelled. `event_id` is also the JetStream `Nats-Msg-Id`, and what
+/// notification de-duplicates on. No personal data: the customer is looked up by order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderOutcome {
+    pub event_id: Uuid,
+    pub order_id: Uuid,
+    pub kind: OutcomeKind,
+    #[serde(default)]
+    pub confirmation_number: String,
+    #[serde(default)]
+    pub reason: String,
+}

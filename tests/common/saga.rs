@@ -1,0 +1,93 @@
+//! Helpers for saga tests: placing orders and waiting for their outcome through WatchOrder.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use ordermesh::proto::{
+    common::{Address, Money},
+    inventory::{UpsertItemRequest, inventory_service_client::InventoryServiceClient},
+    order::{
+        CreateOrderRequest, Order, OrderLine, OrderStatus, WatchOrderRequest,
+        order_service_client::OrderServiceClient,
+    },
+};
+use tonic::transport::Channel;
+
+pub fn order(lines: &[(&str, i64, i64)], token: &str) -> CreateOrderRequest {
+    CreateOrderRequest {
+        request_id: String::new(),
+        customer_id: "cust-saga".into(),
+        lines: lines
+            .iter()
+            .map(|(sku, quantity, price)| OrderLine {
+                sku: sku.to_string(),
+                quantity: *quantity,
+                unit_price: Some(Money {
+                    currency_code: "USD".into(),
+                    amount_minor: *price,
+                }),
+            })
+            .collect(),
+        shipping_address: Some(Address {
+            recipient_name: "Ada Lovelace".into(),
+            line1: "12 Analytical Row".into(),
+            city: "London".into(),
+            postal_code: "N1 9GU".into(),
+            country_code: "GB".into(),
+            ..Default::default()
+        }),
+        shipping_method: 0,
+        payment_token: token.into(),
+    }
+}
+
+pub async fn stock(inventory: &mut InventoryServiceClient<Channel>, sku: &str, available: i64) {
+    inventory
+        .upsert_item(UpsertItemRequest {
+            sku: sku.into(),
+            name: sku.into(),
+            available,
+        })
+        .await
+        .expect("set stock");
+}
+
+pub fn is_terminal(status: OrderStatus) -> bool {
+    matches!(
+        status,
+        OrderStatus::Confirmed | OrderStatus::Cancelled | OrderStatus::Failed
+    )
+}
+
+/// Follows WatchOrder until the order is terminal; returns every status seen and the last order.
+pub async fn watch_to_end(
+    client: &mut OrderServiceClient<Channel>,
+    order_id: &str,
+    limit: Duration,
+) -> (Vec<OrderStatus>, Order) {
+    let mut stream = client
+        .watch_order(WatchOrderRequest {
+            order_id: order_id.into(),
+        })
+        .await
+        .expect("watch order")
+        .into_inner();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("order {order_id} not terminal within {limit:?}; saw {seen:?}")
+            });
+        let order = next
+            .expect("stream ended before a terminal status")
+            .expect("watch item")
+            .order
+            .expect("order");
+        seen.push(order.status());
+        if is_terminal(order.status()) {
+            return (seen, order);
+        }
+    }
+}

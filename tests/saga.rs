@@ -1,0 +1,457 @@
+//! The order saga end to end against real processes, PostgreSQL, NATS JetStream and Redis:
+//! the happy path, business failures that compensate, a hung payment service that times out,
+//! and a crash of the order service with sagas in flight.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    TestEnv,
+    saga::{order, stock, watch_to_end},
+};
+use nix::sys::signal::Signal;
+use ordermesh::{
+    config::ServiceName,
+    proto::{
+        inventory::{GetItemRequest, inventory_service_client::InventoryServiceClient},
+        notification::{
+            ListNotificationsRequest, notification_service_client::NotificationServiceClient,
+        },
+        order::{
+            GetOrderRequest, GetSagaTimelineRequest, OrderStatus, StepStatus,
+            order_service_client::OrderServiceClient,
+        },
+    },
+};
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn item(c: &mut InventoryServiceClient<Channel>, sku: &str) -> (i64, i64, i64) {
+    let i = c
+        .get_item(GetItemRequest { sku: sku.into() })
+        .await
+        .expect("item")
+        .into_inner()
+        .item
+        .expect("item");
+    (i.available, i.reserved, i.committed)
+}
+
+async fn scalar(pool: &sqlx::PgPool, sql: &str, order_id: &str) -> i64 {
+    let id = uuid::Uuid::parse_str(order_id).expect("uuid");
+    sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect(sql)
+}
+
+/// Notifications of an order, waiting a little for the asynchronous consumer.
+async fn notifications(
+    c: &mut NotificationServiceClient<Channel>,
+    order_id: &str,
+    expected: usize,
+) -> Vec<String> {
+    for _ in 0..100 {
+        let list = c
+            .list_notifications(ListNotificationsRequest {
+                order_id: order_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list notifications")
+            .into_inner()
+            .notifications;
+        if list.len() >= expected {
+            tokio::time::sleep(Duration::from_millis(300)).await; // a duplicate would show up by now
+            let again = c
+                .list_notifications(ListNotificationsRequest {
+                    order_id: order_id.into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list notifications")
+                .into_inner()
+                .notifications;
+            return again
+                .iter()
+                .map(|n| n.kind().as_str_name().to_string())
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Vec::new()
+}
+
+#[tokio::test]
+async fn a_laptop_and_two_mice_are_confirmed_with_stock_payment_label_and_one_notification() {
+    let env = TestEnv::new();
+    let mesh = env.start_mesh().await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "LAPTOP", 10).await;
+    stock(&mut inventory, "MOUSE", 20).await;
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+
+    let created = orders
+        .create_order(order(
+            &[("LAPTOP", 1, 129_900), ("MOUSE", 2, 2_500)],
+            "tok_visa",
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .order
+        .expect("order");
+    let (seen, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
+    assert_eq!(
+        done.status(),
+        OrderStatus::Confirmed,
+        "saw {seen:?}: {}",
+        done.failure_reason
+    );
+    assert_eq!(seen.first(), Some(&OrderStatus::Pending));
+    let date = chrono::Utc::now().format("%Y%m%d").to_string();
+    let prefix = created.order_id.replace('-', "")[..8].to_uppercase();
+    assert_eq!(done.confirmation_number, format!("ORD-{date}-{prefix}"));
+    assert!(done.tracking_number.starts_with("OM"));
+
+    assert_eq!(item(&mut inventory, "LAPTOP").await, (9, 0, 1));
+    assert_eq!(item(&mut inventory, "MOUSE").await, (18, 0, 2));
+    let payments = env.db(ServiceName::Payment).await;
+    assert_eq!(scalar(&payments, "SELECT count(*) FROM payments WHERE order_id = $1 AND status = 'PAYMENT_STATUS_CAPTURED'", &created.order_id).await, 1);
+    let amount = scalar(
+        &payments,
+        "SELECT amount_minor FROM payments WHERE order_id = $1",
+        &created.order_id,
+    )
+    .await;
+    assert_eq!(amount, 134_900, "charged the order total");
+    let shipping = env.db(ServiceName::Shipping).await;
+    assert_eq!(
+        scalar(
+            &shipping,
+            "SELECT count(*) FROM labels WHERE order_id = $1",
+            &created.order_id
+        )
+        .await,
+        1
+    );
+    let mut notification =
+        NotificationServiceClient::new(mesh.get(ServiceName::Notification).channel().await);
+    assert_eq!(
+        notifications(&mut notification, &created.order_id, 1).await,
+        vec!["NOTIFICATION_KIND_ORDER_CONFIRMED"]
+    );
+
+    let timeline = orders
+        .get_saga_timeline(GetSagaTimelineRequest {
+            order_id: created.order_id.clone(),
+        })
+        .await
+        .expect("timeline")
+        .into_inner();
+    let steps: Vec<(String, StepStatus)> = timeline
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), s.status()))
+        .collect();
+    let ok = StepStatus::Succeeded;
+    assert_eq!(
+        steps,
+        vec![
+            ("reserve-inventory".into(), ok),
+            ("process-payment".into(), ok),
+            ("create-shipping-label".into(), ok),
+            ("confirm-order".into(), ok)
+        ]
+    );
+    assert_eq!(timeline.definition_version, 1);
+    assert!(
+        timeline
+            .steps
+            .iter()
+            .all(|s| s.attempts >= 1 && s.duration.is_some())
+    );
+
+    let orders_db = env.db(ServiceName::Order).await;
+    let token_left = scalar(
+        &orders_db,
+        "SELECT count(*) FROM sagas WHERE order_id = $1 AND payment_token IS NOT NULL",
+        &created.order_id,
+    )
+    .await;
+    assert_eq!(token_left, 0, "the payment token is dropped once charged");
+}
+
+#[tokio::test]
+async fn insufficient_stock_cancels_without_charging_and_a_declined_card_releases_the_stock() {
+    let env = TestEnv::new();
+    let mesh = env.start_mesh().await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "LAPTOP", 1).await;
+    stock(&mut inventory, "MOUSE", 5).await;
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+    let mut notification =
+        NotificationServiceClient::new(mesh.get(ServiceName::Notification).channel().await);
+    let payments = env.db(ServiceName::Payment).await;
+
+    let short = orders
+        .create_order(order(&[("LAPTOP", 5, 129_900)], "tok_visa"))
+        .await
+        .expect("create")
+        .into_inner()
+        .order
+        .expect("order");
+    let (_, done) = watch_to_end(&mut orders, &short.order_id, WAIT).await;
+    assert_eq!(done.status(), OrderStatus::Cancelled);
+    assert!(
+        done.failure_reason
+            .contains("insufficient stock: LAPTOP (requested 5, available 1)"),
+        "{}",
+        done.failure_reason
+    );
+    assert_eq!(
+        item(&mut inventory, "LAPTOP").await,
+        (1, 0, 0),
+        "stock unchanged"
+    );
+    assert_eq!(
+        scalar(
+            &payments,
+            "SELECT count(*) FROM payments WHERE order_id = $1",
+            &short.order_id
+        )
+        .await,
+        0,
+        "no payment taken"
+    );
+    assert_eq!(
+        notifications(&mut notification, &short.order_id, 1).await,
+        vec!["NOTIFICATION_KIND_ORDER_CANCELLED"]
+    );
+
+    let declined = orders
+        .create_order(order(&[("MOUSE", 3, 2_500)], "declined_token"))
+        .await
+        .expect("create")
+        .into_inner()
+        .order
+        .expect("order");
+    let (seen, done) = watch_to_end(&mut orders, &declined.order_id, WAIT).await;
+    assert_eq!(done.status(), OrderStatus::Cancelled, "saw {seen:?}");
+    assert!(
+        done.failure_reason.contains("declined"),
+        "{}",
+        done.failure_reason
+    );
+    assert_eq!(
+        item(&mut inventory, "MOUSE").await,
+        (5, 0, 0),
+        "reserved stock released"
+    );
+    let timeline = orders
+        .get_saga_timeline(GetSagaTimelineRequest {
+            order_id: declined.order_id.clone(),
+        })
+        .await
+        .expect("timeline")
+        .into_inner();
+    let release = timeline
+        .steps
+        .iter()
+        .find(|s| s.name == "release-inventory")
+        .expect("compensation in the timeline");
+    assert!(release.compensation && release.status() == StepStatus::Succeeded);
+    assert_eq!(
+        notifications(&mut notification, &declined.order_id, 1).await,
+        vec!["NOTIFICATION_KIND_ORDER_CANCELLED"]
+    );
+}
+
+#[tokio::test]
+async fn a_hung_payment_service_times_out_compensates_and_leaves_no_unrefunded_charge() {
+    let env = TestEnv::new();
+    let settings = [
+        ("ORDERMESH_SAGA__PAYMENT_TIMEOUT", "3s"),
+        ("ORDERMESH_SAGA__RETRY_BACKOFF", "1s 1s 2s"),
+        ("ORDERMESH_CLIENT__TIMEOUT", "1s"),
+    ];
+    let mesh = env.start_mesh_with(&settings).await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "MOUSE", 5).await;
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+
+    let payment = mesh.get(ServiceName::Payment);
+    payment.signal(Signal::SIGSTOP);
+    let created = orders
+        .create_order(order(&[("MOUSE", 2, 2_500)], "tok_visa"))
+        .await
+        .expect("create")
+        .into_inner()
+        .order
+        .expect("order");
+    let mut compensating = false;
+    for _ in 0..150 {
+        let now = orders
+            .get_order(GetOrderRequest {
+                order_id: created.order_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .order
+            .expect("order");
+        if now.status() == OrderStatus::Compensating {
+            assert!(
+                now.failure_reason
+                    .contains("process-payment timed out after 3s"),
+                "{}",
+                now.failure_reason
+            );
+            compensating = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    payment.signal(Signal::SIGCONT);
+    assert!(
+        compensating,
+        "the payment step timed out into compensation while payment was stopped"
+    );
+
+    let (_, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
+    assert_eq!(done.status(), OrderStatus::Cancelled);
+    assert_eq!(item(&mut inventory, "MOUSE").await, (5, 0, 0));
+    // Whatever the resumed payment service did with the hung charge, nothing stays charged.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let payments = env.db(ServiceName::Payment).await;
+    let kept = scalar(
+        &payments,
+        "SELECT coalesce(sum(amount_minor - refunded_minor), 0)::bigint FROM payments WHERE order_id = $1 AND status <> 'PAYMENT_STATUS_DECLINED'",
+        &created.order_id,
+    )
+    .await;
+    assert_eq!(kept, 0, "a late charge is refunded or refused");
+}
+
+#[tokio::test]
+async fn killing_the_order_service_with_fifty_sagas_in_flight_loses_and_doubles_nothing() {
+    let env = TestEnv::new();
+    let mut mesh = env
+        .start_mesh_with(&[("ORDERMESH_SAGA__RETRY_BACKOFF", "1s")])
+        .await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "MOUSE", 1_000).await;
+    let order_addr = mesh.get(ServiceName::Order).grpc_addr;
+    let orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+
+    let mut ids = Vec::new();
+    let creates: Vec<_> = (0..50)
+        .map(|i| {
+            let mut c = orders.clone();
+            let token = if i % 10 == 9 {
+                "declined_token"
+            } else {
+                "tok_visa"
+            };
+            tokio::spawn(async move { c.create_order(order(&[("MOUSE", 2, 2_500)], token)).await })
+        })
+        .collect();
+    for create in creates {
+        ids.push(
+            create
+                .await
+                .expect("join")
+                .expect("create")
+                .into_inner()
+                .order
+                .expect("order")
+                .order_id,
+        );
+    }
+    let orders_db = env.db(ServiceName::Order).await;
+    let active: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sagas WHERE phase IN ('forward', 'compensating')")
+            .fetch_one(&orders_db)
+            .await
+            .expect("count");
+    mesh.kill(ServiceName::Order);
+    assert!(active > 0, "the crash must hit sagas in flight");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mesh.restart(&env, ServiceName::Order, order_addr).await;
+
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+    let mut confirmed = 0;
+    for id in &ids {
+        let (_, done) = watch_to_end(&mut orders, id, WAIT).await;
+        if done.status() == OrderStatus::Confirmed {
+            confirmed += 1;
+        } else {
+            assert_eq!(
+                done.status(),
+                OrderStatus::Cancelled,
+                "{id}: {}",
+                done.failure_reason
+            );
+        }
+    }
+    assert_eq!(confirmed, 45, "every order with a good card confirms");
+
+    let (available, reserved, committed) = item(&mut inventory, "MOUSE").await;
+    assert_eq!((reserved, committed), (0, 90));
+    assert_eq!(available + reserved + committed, 1_000, "stock conserved");
+    let payments = env.db(ServiceName::Payment).await;
+    let doubled: i64 = sqlx::query_scalar("SELECT count(*) FROM (SELECT order_id FROM payments GROUP BY order_id HAVING count(*) > 1) d")
+        .fetch_one(&payments)
+        .await
+        .expect("query");
+    assert_eq!(doubled, 0);
+    let captured: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payments WHERE status = 'PAYMENT_STATUS_CAPTURED'",
+    )
+    .fetch_one(&payments)
+    .await
+    .expect("query");
+    assert_eq!(captured, 45);
+    let labels: i64 = sqlx::query_scalar("SELECT count(*) FROM labels")
+        .fetch_one(&env.db(ServiceName::Shipping).await)
+        .await
+        .expect("query");
+    assert_eq!(labels, 45);
+
+    let notifications = env.db(ServiceName::Notification).await;
+    for _ in 0..100 {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+            .fetch_one(&notifications)
+            .await
+            .expect("count");
+        if n >= 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_order: Vec<i64> =
+        sqlx::query_scalar("SELECT count(*) FROM notifications GROUP BY order_id")
+            .fetch_all(&notifications)
+            .await
+            .expect("query");
+    assert_eq!(per_order.len(), 50, "every order notified");
+    assert!(
+        per_order.iter().all(|n| *n == 1),
+        "exactly one notification per order: {per_order:?}"
+    );
+    let gaps: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT order_id FROM order_events GROUP BY order_id HAVING max(version) <> count(*)) g",
+    )
+    .fetch_one(&orders_db)
+    .await
+    .expect("query");
+    assert_eq!(gaps, 0, "event streams have no gaps or duplicates");
+}

@@ -4,6 +4,7 @@
 mod inventory;
 mod order;
 pub(crate) mod output;
+mod projections;
 mod saga;
 mod up;
 
@@ -38,6 +39,9 @@ enum Command {
     /// Create and read orders.
     #[command(subcommand)]
     Order(Box<order::OrderCommand>),
+    /// Maintain read models.
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCommand),
     /// Inspect sagas.
     #[command(subcommand)]
     Saga(saga::SagaCommand),
@@ -94,6 +98,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Order(command) => order::run(*command).await,
         Command::Inventory(command) => inventory::run(command).await,
         Command::Saga(command) => saga::run(command).await,
+        Command::Projections(command) => projections::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

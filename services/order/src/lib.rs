@@ -6,6 +6,7 @@
 mod api;
 mod model;
 mod read_model;
+pub mod rebuild;
 pub mod saga;
 mod store;
 mod validate;
@@ -36,7 +37,7 @@ use saga::{
     state::SagaContext,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// What handlers need once start-up has connected everything.
 pub(crate) struct Deps {

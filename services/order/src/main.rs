@@ -1,8 +1,18 @@
-//! The order service binary: see the crate documentation.
+//! The order service binary: see the crate documentation. Two maintenance commands run instead
+//! of the server: `--print-saga-graph` and `rebuild-projections`.
+use ordermesh::config::{ServiceName, Settings};
+
 fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("--print-saga-graph") {
-        print!("{}", ordermesh_order::saga::definition::mermaid());
-        return Ok(());
+    match std::env::args().nth(1).as_deref() {
+        Some("--print-saga-graph") => {
+            print!("{}", ordermesh_order::saga::definition::mermaid());
+            Ok(())
+        }
+        Some("rebuild-projections") => {
+            let settings = Settings::load(ServiceName::Order)?;
+            tokio::runtime::Runtime::new()?
+                .block_on(ordermesh_order::rebuild::run_command(&settings))
+        }
+        _ => ordermesh::server::main(ServiceName::Order, ordermesh_order::run),
     }
-    ordermesh::server::main(ordermesh::config::ServiceName::Order, ordermesh_order::run)
 }

@@ -35,3 +35,13 @@ pub struct OrderOutcome {
     #[serde(default)]
     pub reason: String,
 }
+
+/// Headers the saga adds to a message it dead-letters (read by `ordermesh dlq`).
+pub mod dead_letter {
+    /// The subject the message was consumed from, where a redrive sends it back.
+    pub const ORIGINAL_SUBJECT: &str = "Ordermesh-Original-Subject";
+    /// How many times it was delivered before it was given up.
+    pub const DELIVERY_COUNT: &str = "Ordermesh-Delivery-Count";
+    /// The last error, at most 500 characters.
+    pub const LAST_ERROR: &str = "Ordermesh-Last-Error";
+}

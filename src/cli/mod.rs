@@ -1,6 +1,7 @@
 //! The `ordermesh` CLI (client side only: it starts services as separate processes and talks
 //! to them over gRPC, the way Kubernetes and users do).
 
+mod dlq;
 mod inventory;
 mod order;
 pub(crate) mod output;
@@ -39,6 +40,9 @@ enum Command {
     /// Create and read orders.
     #[command(subcommand)]
     Order(Box<order::OrderCommand>),
+    /// Inspect and redrive dead-lettered messages.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Maintain read models.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
@@ -99,6 +103,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Inventory(command) => inventory::run(command).await,
         Command::Saga(command) => saga::run(command).await,
         Command::Projections(command) => projections::run(command),
+        Command::Dlq(command) => dlq::run(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

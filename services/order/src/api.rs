@@ -164,14 +164,20 @@ impl OrderService for Orders {
         let order = store::get(&deps.pool, order_id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no order {order_id}")))?;
-        let (definition_version, steps) = state::timeline(&deps.pool, order_id)
-            .await?
-            .unwrap_or_default();
+        let Some((saga, steps)) = state::timeline(&deps.pool, order_id).await? else {
+            return Err(Status::not_found(format!("order {order_id} has no saga")));
+        };
+        let failure_reason = if saga.failure_reason.is_empty() {
+            order.failure_reason.clone()
+        } else {
+            saga.failure_reason
+        };
         Ok(Response::new(GetSagaTimelineResponse {
-            failure_reason: order.failure_reason.clone(),
             order: Some(order),
             steps,
-            definition_version: u32::try_from(definition_version).unwrap_or(0),
+            definition_version: u32::try_from(saga.definition_version).unwrap_or(0),
+            failure_reason,
+            parked: saga.phase == "parked",
         }))
     }
 

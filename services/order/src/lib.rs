@@ -54,6 +54,9 @@ pub struct SagaSettings {
     pub timeouts: Timeouts,
     /// Saga steps one instance runs at once. `ORDERMESH_SAGA__CONCURRENCY`.
     pub concurrency: usize,
+    /// Deliveries of a step message before it is dead-lettered and its saga parked.
+    /// `ORDERMESH_SAGA__MAX_DELIVER`.
+    pub max_deliver: i64,
 }
 
 /// Serves the order API and runs the saga until `shutdown` completes.
@@ -63,6 +66,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         SagaSettings {
             timeouts: Timeouts::default(),
             concurrency: 64,
+            max_deliver: 12,
         },
     )?;
     let deps = Ready::default();
@@ -100,7 +104,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             |_| true,
             || {
                 nats.jetstream.create_consumer_on_stream(
-                    names.steps_consumer(max_in_flight),
+                    names.steps_consumer(max_in_flight, saga_settings.max_deliver),
                     steps_stream.as_str(),
                 )
             },
@@ -146,6 +150,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             callees,
             cache: cache.clone(),
             jetstream: nats.jetstream.clone(),
+            max_deliver: saga_settings.max_deliver,
         });
         background.spawn(saga::outbox::relay(
             pool.clone(),

@@ -10,6 +10,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use ordermesh::{
     client::Propagate,
+    events::dead_letter,
     proto::{
         common::Address,
         inventory::{
@@ -36,7 +37,7 @@ use uuid::Uuid;
 
 use super::{
     definition::Step,
-    messages::{MAX_DELIVER, StepMessage},
+    messages::{STEP_ACK_WAIT, StepMessage},
     state::{self, Outcome, SagaContext},
 };
 use crate::{model::OrderEvent, model::OrderRow, store};
@@ -58,6 +59,8 @@ pub struct Worker {
     pub callees: Callees,
     pub cache: ordermesh::cache::Cache,
     pub jetstream: jetstream::Context,
+    /// Deliveries before a step message is dead-lettered (the consumer's `max_deliver`).
+    pub max_deliver: i64,
 }
 
 /// Why a step must be tried again later.
@@ -143,41 +146,35 @@ impl Worker {
             attempt = delivered,
         );
         let _ = span.set_parent(parent);
-        let result = context
-            .scope(self.execute(&step_message).instrument(span.clone()))
-            .await;
+        let work = context.scope(self.execute(&step_message).instrument(span.clone()));
+        let result = with_progress(&message, work).await;
         let _enter = span.enter();
         match result {
             Ok(()) => {
                 let _ = message.ack().await;
             }
-            Err(Retry(reason)) if delivered < MAX_DELIVER => {
+            Err(Retry(reason)) if delivered < self.max_deliver => {
                 let delay = self.saga.timeouts.backoff(delivered);
                 tracing::info!(%reason, ?delay, "step failed transiently; will retry");
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             }
             Err(Retry(reason)) => {
-                let reason = format!("gave up after {delivered} attempts: {reason}");
-                tracing::warn!(%reason, "step dead-lettered");
+                let reason = format!("dead-lettered after {delivered} attempts: {reason}");
+                tracing::warn!(%reason, "step dead-lettered; saga parked until redriven");
                 self.dead_letter(&message, delivered, &reason).await;
-                let gave_up = Outcome::GaveUp(reason);
-                match state::advance(
+                match state::park(
                     &self.pool,
-                    &self.saga,
                     step_message.order_id,
                     step_message.step,
-                    gave_up,
+                    &reason,
                 )
                 .await
                 {
-                    Ok(_) => {
+                    Ok(()) => {
                         let _ = message.ack_with(AckKind::Term).await;
-                        self.cache
-                            .delete(&format!("order:{}", step_message.order_id))
-                            .await;
                     }
-                    // Leave it for redelivery: the saga must not miss this transition.
-                    Err(error) => tracing::warn!(%error, "could not record the dead-lettered step"),
+                    // Leave it for redelivery: the saga must not silently stall.
+                    Err(error) => tracing::warn!(%error, "could not park the saga"),
                 }
             }
         }
@@ -363,10 +360,10 @@ impl Worker {
     /// Keeps an unprocessable message with its payload, subject, headers, delivery count and error.
     async fn dead_letter(&self, message: &jetstream::Message, delivered: i64, error: &str) {
         let mut headers = message.headers.clone().unwrap_or_default();
-        headers.insert("Ordermesh-Original-Subject", message.subject.as_str());
-        headers.insert("Ordermesh-Delivery-Count", delivered.to_string().as_str());
+        headers.insert(dead_letter::ORIGINAL_SUBJECT, message.subject.as_str());
+        headers.insert(dead_letter::DELIVERY_COUNT, delivered.to_string().as_str());
         headers.insert(
-            "Ordermesh-Last-Error",
+            dead_letter::LAST_ERROR,
             error.chars().take(500).collect::<String>().as_str(),
         );
         headers.insert("Nats-Msg-Id", Uuid::now_v7().to_string().as_str());
@@ -382,6 +379,25 @@ impl Worker {
                 }
             }
             Err(e) => tracing::error!(error = %e, "dead letter not published"),
+        }
+    }
+}
+
+/// Runs `work` while telling JetStream every so often that the message is still being worked on,
+/// so a slow step is not redelivered to another worker while a dead worker's step is, quickly.
+async fn with_progress<T>(
+    message: &jetstream::Message,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(STEP_ACK_WAIT / 3);
+    ticker.tick().await; // the first tick is immediate
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = ticker.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
         }
     }
 }

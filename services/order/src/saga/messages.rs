@@ -19,14 +19,15 @@ pub struct StepMessage {
     pub due_at_ms: Option<i64>,
 }
 
+/// How long a delivered step may go without an ack or an in-progress signal before JetStream
+/// gives it to another worker.
+pub const STEP_ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// Names of the saga's streams, subjects and consumers in one namespace.
 #[derive(Debug, Clone)]
 pub struct Names {
     namespace: String,
 }
-
-/// How many deliveries a step message gets before it is dead-lettered.
-pub const MAX_DELIVER: i64 = 12;
 
 impl Names {
     pub fn new(namespace: &str) -> Names {
@@ -91,13 +92,15 @@ impl Names {
     }
 
     /// Durable pull consumer of step messages. `max_ack_pending` bounds the work one
-    /// instance (or all together) holds at once; unacked work is redelivered after `ack_wait`.
-    pub fn steps_consumer(&self, max_in_flight: i64) -> pull::Config {
+    /// instance (or all together) holds at once. A worker that dies mid-step is noticed after
+    /// [`STEP_ACK_WAIT`]: a live worker sends in-progress acks while a step runs, so the wait can
+    /// be short without redelivering slow steps.
+    pub fn steps_consumer(&self, max_in_flight: i64, max_deliver: i64) -> pull::Config {
         pull::Config {
             durable_name: Some("saga-steps".into()),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
-            max_deliver: MAX_DELIVER,
+            ack_wait: STEP_ACK_WAIT,
+            max_deliver,
             max_ack_pending: max_in_flight,
             ..Default::default()
         }

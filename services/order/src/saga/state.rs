@@ -197,6 +197,28 @@ async fn finish(
     Ok(())
 }
 
+/// Parks the saga at `step` after its message was dead-lettered: nothing is compensated, the
+/// step's deadline no longer fires, and the timeline says why. A redriven message resumes it.
+pub async fn park(pool: &PgPool, order_id: Uuid, step: Step, reason: &str) -> Result<(), Status> {
+    let mut tx = pool.begin().await.map_err(db::status)?;
+    let parked = sqlx::query(
+        "UPDATE sagas SET phase = 'parked', failure_reason = $3, updated_at = now()
+         WHERE order_id = $1 AND current_step = $2 AND phase IN ('forward', 'compensating', 'parked')",
+    )
+    .bind(order_id)
+    .bind(step.name())
+    .bind(reason)
+    .execute(&mut *tx)
+    .await
+    .map_err(db::status)?
+    .rows_affected();
+    if parked == 1 {
+        finish(&mut tx, order_id, step, "failed", reason).await?;
+    }
+    tx.commit().await.map_err(db::status)?;
+    Ok(())
+}
+
 /// Applies `outcome` of `step`. Returns false (and changes nothing) when the saga is no longer
 /// at that step: a redelivery, a late answer after a timeout, or a timeout after success.
 pub async fn advance(
@@ -221,6 +243,19 @@ pub async fn advance(
         return Ok(false);
     }
     let compensation = step.spec().compensation;
+    if saga.phase == "parked" {
+        if matches!(outcome, Outcome::TimedOut(_)) {
+            return Ok(false); // an operator owns a parked saga
+        }
+        saga.phase = if compensation {
+            "compensating".into()
+        } else {
+            "forward".into()
+        };
+        if !compensation {
+            saga.failure_reason.clear();
+        }
+    }
     let mut events = Vec::new();
     let mut next = None;
     match (compensation, outcome) {
@@ -393,7 +428,7 @@ struct StepRow {
 pub async fn timeline(
     pool: &PgPool,
     order_id: Uuid,
-) -> Result<Option<(i32, Vec<SagaStep>)>, Status> {
+) -> Result<Option<(Saga, Vec<SagaStep>)>, Status> {
     let Some(saga) = load(pool, order_id).await? else {
         return Ok(None);
     };
@@ -431,7 +466,7 @@ pub async fn timeline(
             }
         })
         .collect();
-    Ok(Some((saga.definition_version, steps)))
+    Ok(Some((saga, steps)))
 }
 
 fn duration_to_proto(d: Duration) -> prost_types::Duration {

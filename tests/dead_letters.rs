@@ -1,0 +1,143 @@
+//! A step that keeps failing is dead-lettered with its payload and its saga parked (not
+//! compensated, not silently stuck); after the cause is fixed, `ordermesh dlq redrive` completes
+//! the saga exactly once. An undecodable message lands in the dead-letter stream with its payload.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    TestEnv, binary,
+    saga::{order, stock, watch_to_end},
+};
+use ordermesh::{
+    config::ServiceName,
+    proto::{
+        inventory::inventory_service_client::InventoryServiceClient,
+        order::{GetSagaTimelineRequest, OrderStatus, order_service_client::OrderServiceClient},
+    },
+};
+
+fn ordermesh(env: &TestEnv, args: &[&str]) -> String {
+    let output = std::process::Command::new(binary("ordermesh"))
+        .args(args)
+        .envs(env.env())
+        .output()
+        .expect("run ordermesh");
+    assert!(
+        output.status.success(),
+        "ordermesh {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_dead_lettered_step_parks_its_saga_until_redrive_completes_it_once() {
+    let env = TestEnv::new();
+    let settings = [
+        ("ORDERMESH_SAGA__MAX_DELIVER", "3"),
+        ("ORDERMESH_SAGA__RETRY_BACKOFF", "200ms"),
+        ("ORDERMESH_CLIENT__TIMEOUT", "1s"),
+    ];
+    let mut mesh = env.start_mesh_with(&settings).await;
+    let inventory_addr = mesh.get(ServiceName::Inventory).grpc_addr;
+    mesh.kill(ServiceName::Inventory);
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+    let created = orders
+        .create_order(order(&[("MOUSE", 1, 2_500)], "tok_visa"))
+        .await
+        .expect("create")
+        .into_inner()
+        .order
+        .expect("order");
+
+    let mut parked = None;
+    for _ in 0..100 {
+        let t = orders
+            .get_saga_timeline(GetSagaTimelineRequest {
+                order_id: created.order_id.clone(),
+            })
+            .await
+            .expect("timeline")
+            .into_inner();
+        if t.parked {
+            parked = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let parked = parked.expect("the saga is parked after 3 failed deliveries");
+    assert!(
+        parked
+            .failure_reason
+            .contains("dead-lettered after 3 attempts"),
+        "{}",
+        parked.failure_reason
+    );
+    assert_eq!(
+        parked.order.map(|o| o.status()),
+        Some(OrderStatus::Pending),
+        "nothing was compensated"
+    );
+
+    // A message nobody can decode goes to the dead-letter stream as it is.
+    let client = async_nats::connect(common::nats_url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let subject = format!("{}.saga.step.reserve-inventory", env.namespace);
+    js.publish(subject, "{not json".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+
+    let mut listed = String::new();
+    for _ in 0..50 {
+        listed = ordermesh(&env, &["dlq", "list"]);
+        if listed.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    let saga_letter = lines
+        .iter()
+        .find(|l| l.contains(&created.order_id))
+        .expect("the order's dead letter");
+    assert!(saga_letter.contains("deliveries 3"), "{saga_letter}");
+    let poison = lines
+        .iter()
+        .find(|l| l.contains("undecodable"))
+        .expect("the poison message");
+    let poison_seq = poison.split_whitespace().next().expect("sequence");
+    assert!(ordermesh(&env, &["dlq", "show", poison_seq]).contains("payload   {not json"));
+
+    // Fix the cause, then redrive the order's message (twice: the second finds nothing).
+    mesh.restart(&env, ServiceName::Inventory, inventory_addr)
+        .await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "MOUSE", 5).await;
+    let seq = saga_letter.split_whitespace().next().expect("sequence");
+    assert!(ordermesh(&env, &["dlq", "redrive", seq]).contains("redriven"));
+    assert!(ordermesh(&env, &["dlq", "redrive", seq]).contains("not in the dead-letter stream"));
+
+    let (_, done) = watch_to_end(&mut orders, &created.order_id, Duration::from_secs(60)).await;
+    assert_eq!(
+        done.status(),
+        OrderStatus::Confirmed,
+        "{}",
+        done.failure_reason
+    );
+    let payments = env.db(ServiceName::Payment).await;
+    let charged: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&payments)
+        .await
+        .expect("count");
+    assert_eq!(charged, 1, "the redriven saga ran once");
+    assert!(
+        ordermesh(&env, &["dlq", "list"]).contains("undecodable"),
+        "the poison message stays for inspection"
+    );
+}

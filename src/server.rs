@@ -40,6 +40,7 @@ pub struct Host {
     names: Vec<&'static str>,
     health: HealthReporter,
     background: Background,
+    http: Option<axum::Router>,
 }
 
 /// Spawns long-running work (consumers, relays) that stops when the service shuts down.
@@ -102,6 +103,7 @@ impl Host {
             names: Vec::new(),
             health,
             background: Background::default(),
+            http: None,
         };
         tracing::info!(
             service = %host.settings.service,
@@ -151,6 +153,16 @@ impl Host {
         self
     }
 
+    /// Serves HTTP/1.1 routes (a JSON surface for web clients) on the gRPC port too, as a
+    /// gRPC gateway would: one port, one set of limits and one shutdown for both.
+    pub fn add_http_routes(&mut self, router: axum::Router) -> &mut Self {
+        self.http = Some(match self.http.take() {
+            Some(existing) => existing.merge(router),
+            None => router,
+        });
+        self
+    }
+
     /// Serves until `shutdown` completes. `start` runs first, concurrently with serving health:
     /// it connects dependencies (retrying while they are down) and returns when handlers can
     /// work; an error from it is fatal.
@@ -167,6 +179,7 @@ impl Host {
             names,
             health,
             background,
+            http,
         } = self;
         let service = settings.service.as_str();
         for name in &names {
@@ -212,12 +225,16 @@ impl Host {
 
         let grpc = {
             let stop = stop_accepting.clone();
-            let routes: Routes = routes.routes();
+            let mut routes: Routes = routes.routes();
+            if let Some(http) = http {
+                routes = Routes::from(routes.into_axum_router().merge(http));
+            }
             let server = Server::builder()
                 // Clients may ask for any deadline; no call runs longer than this.
                 .timeout(settings.server.max_request_duration)
                 .max_concurrent_streams(settings.server.max_concurrent_streams)
                 .tcp_nodelay(true)
+                .accept_http1(true)
                 .layer(
                     ServiceBuilder::new()
                         // Outermost: counts every request with its final status code.

@@ -24,6 +24,7 @@ use crate::{
     store, validate,
 };
 
+#[derive(Clone)]
 pub struct Orders {
     deps: Ready<Deps>,
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod http;
 mod model;
 mod read_model;
 pub mod rebuild;
@@ -76,6 +77,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         OrderServiceServer::new(api::Orders::new(deps.clone()))
             .max_decoding_message_size(max_message),
     );
+    host.add_http_routes(http::router(api::Orders::new(deps.clone())));
     let settings = host.settings().clone();
     let background = host.background();
     let start = async move {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::TestEnv;
+use ordermesh::proto::inventory::inventory_service_client::InventoryServiceClient;
 use ordermesh::{
     config::ServiceName,
     proto::{
@@ -133,10 +134,13 @@ async fn an_order_is_stored_pending_with_its_total_and_a_retried_create_returns_
 }
 
 #[tokio::test]
-async fn get_order_reads_through_redis_and_still_answers_when_redis_is_unreachable() {
+async fn finished_orders_are_served_from_redis_and_everything_works_without_redis() {
     let env = TestEnv::new();
-    let order = env.start(ServiceName::Order).await;
-    let mut c = OrderServiceClient::new(order.channel().await);
+    let mesh = env.start_mesh().await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    common::saga::stock(&mut inventory, "MOUSE", 10).await;
+    let mut c = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
     let created = c
         .create_order(order_request("cached"))
         .await
@@ -144,6 +148,12 @@ async fn get_order_reads_through_redis_and_still_answers_when_redis_is_unreachab
         .into_inner()
         .order
         .expect("order");
+    let (_, done) = common::saga::watch_to_end(
+        &mut c,
+        &created.order_id,
+        std::time::Duration::from_secs(60),
+    )
+    .await;
     let got = c
         .get_order(GetOrderRequest {
             order_id: created.order_id.clone(),
@@ -151,33 +161,28 @@ async fn get_order_reads_through_redis_and_still_answers_when_redis_is_unreachab
         .await
         .expect("get")
         .into_inner();
-    assert_eq!(got.order.as_ref(), Some(&created));
+    assert_eq!(got.order.as_ref(), Some(&done));
     let redis = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
     let mut redis = redis
         .get_multiplexed_async_connection()
         .await
         .expect("redis");
-    let cached: Option<Vec<u8>> = redis::AsyncCommands::get(
-        &mut redis,
-        format!("{}:order:{}", env.namespace, created.order_id),
-    )
-    .await
-    .expect("redis get");
-    assert!(cached.is_some(), "GetOrder filled the cache");
-    let _: () = redis::AsyncCommands::del(
-        &mut redis,
-        format!("{}:order:{}", env.namespace, created.order_id),
-    )
-    .await
-    .expect("del");
+    let key = format!("{}:order:{}", env.namespace, created.order_id);
+    let cached: Option<Vec<u8>> = redis::AsyncCommands::get(&mut redis, &key)
+        .await
+        .expect("redis get");
+    assert!(cached.is_some(), "GetOrder cached the finished order");
+    let _: () = redis::AsyncCommands::del(&mut redis, &key)
+        .await
+        .expect("del");
+    drop(mesh);
 
-    let no_redis = [(
-        "ORDERMESH_REDIS__URL".to_string(),
-        format!("redis://127.0.0.1:{}", common::free_port().await),
-    )];
-    let cacheless = env.spawn(ServiceName::Order, &no_redis).await;
-    cacheless.wait_serving().await;
-    let mut c = OrderServiceClient::new(cacheless.channel().await);
+    // Redis down for the whole run: orders still complete and reads stay correct.
+    let no_redis = format!("redis://127.0.0.1:{}", common::free_port().await);
+    let mesh = env
+        .start_mesh_with(&[("ORDERMESH_REDIS__URL", no_redis.as_str())])
+        .await;
+    let mut c = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
     let other = c
         .create_order(order_request("no-cache"))
         .await
@@ -185,6 +190,15 @@ async fn get_order_reads_through_redis_and_still_answers_when_redis_is_unreachab
         .into_inner()
         .order
         .expect("order");
+    let (_, done) =
+        common::saga::watch_to_end(&mut c, &other.order_id, std::time::Duration::from_secs(60))
+            .await;
+    assert_eq!(
+        done.status(),
+        OrderStatus::Confirmed,
+        "{}",
+        done.failure_reason
+    );
     for id in [&created.order_id, &other.order_id] {
         let got = c
             .get_order(GetOrderRequest {
@@ -193,7 +207,12 @@ async fn get_order_reads_through_redis_and_still_answers_when_redis_is_unreachab
             .await
             .expect("get without redis")
             .into_inner();
-        assert_eq!(got.order.map(|o| o.order_id), Some(id.clone()));
+        assert_eq!(
+            got.order
+                .map(|o| (o.status(), o.order_id))
+                .map(|(s, id)| (id, s)),
+            Some((id.clone(), OrderStatus::Confirmed))
+        );
     }
 }
 

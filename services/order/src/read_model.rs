@@ -1,19 +1,31 @@
-//! Reads of the order read model: Redis first, then `order_view`, filling Redis on a miss.
+//! Reads of the order read model: Redis first, then `order_view`.
+//!
+//! Only terminal orders (CONFIRMED, CANCELLED, FAILED) are cached. They never change again, so
+//! a cached copy can never be stale — unlike an in-flight order, where a read racing a saga
+//! commit could put an old status back into the cache after its invalidation. Non-terminal
+//! reads go to PostgreSQL, which has them hot anyway.
 
 use std::time::Duration;
 
-use ordermesh::proto::order::Order;
+use ordermesh::proto::order::{Order, OrderStatus};
 use prost::Message;
 use tonic::Status;
 use uuid::Uuid;
 
 use crate::{Deps, store};
 
-/// How long a cached order may be served; invalidation on change makes it fresh sooner.
-const TTL: Duration = Duration::from_secs(300);
+/// How long a terminal order stays cached.
+const TTL: Duration = Duration::from_secs(3600);
 
 fn key(order_id: Uuid) -> String {
     format!("order:{order_id}")
+}
+
+fn is_terminal(order: &Order) -> bool {
+    matches!(
+        order.status(),
+        OrderStatus::Confirmed | OrderStatus::Cancelled | OrderStatus::Failed
+    )
 }
 
 /// The order, from the cache when it has it.
@@ -24,7 +36,7 @@ pub async fn get(deps: &Deps, order_id: Uuid) -> Result<Option<Order>, Status> {
         return Ok(Some(order));
     }
     let order = store::get(&deps.pool, order_id).await?;
-    if let Some(order) = &order {
+    if let Some(order) = order.as_ref().filter(|o| is_terminal(o)) {
         deps.cache
             .set(&key(order_id), &order.encode_to_vec(), TTL)
             .await;
@@ -32,7 +44,8 @@ pub async fn get(deps: &Deps, order_id: Uuid) -> Result<Option<Order>, Status> {
     Ok(order)
 }
 
-/// Drops the cached copy after the order changed.
+/// Drops a cached copy. Terminal orders do not change, so this only matters if one ever does
+/// (an operator redriving a FAILED saga's compensation).
 pub async fn invalidate(deps: &Deps, order_id: Uuid) {
     deps.cache.delete(&key(order_id)).await;
 }

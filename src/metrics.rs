@@ -6,7 +6,7 @@ use std::{
     collections::HashSet,
     future::Future,
     pin::Pin,
-    sync::{Arc, LazyLock},
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
@@ -22,9 +22,12 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Declares a metric registered in the default registry on first use:
+/// `metric!(NAME: Type = register_...!(...));`. Shared by every crate of the mesh.
+#[macro_export]
 macro_rules! metric {
     ($name:ident: $ty:ty = $init:expr) => {
-        pub static $name: LazyLock<$ty> = LazyLock::new(|| {
+        pub static $name: ::std::sync::LazyLock<$ty> = ::std::sync::LazyLock::new(|| {
             #[allow(clippy::expect_used)]
             $init.expect(concat!("metric ", stringify!($name), " registers once"))
         });

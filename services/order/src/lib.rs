@@ -5,6 +5,7 @@
 
 mod api;
 mod http;
+mod metrics;
 mod model;
 mod read_model;
 pub mod rebuild;

@@ -152,6 +152,7 @@ pub async fn create(
         idempotency::record(&mut tx, &format!("create-order:{request_id}"), &response).await?;
     }
     tx.commit().await.map_err(db::status)?;
+    crate::metrics::SAGA_STARTED.inc();
     Ok(response)
 }
 

@@ -359,6 +359,15 @@ impl Worker {
 
     /// Keeps an unprocessable message with its payload, subject, headers, delivery count and error.
     async fn dead_letter(&self, message: &jetstream::Message, delivered: i64, error: &str) {
+        let step = message
+            .subject
+            .as_str()
+            .rsplit('.')
+            .next()
+            .and_then(Step::from_name);
+        crate::metrics::DEAD_LETTERS
+            .with_label_values(&[step.map_or("unknown", Step::name)])
+            .inc();
         let mut headers = message.headers.clone().unwrap_or_default();
         headers.insert(dead_letter::ORIGINAL_SUBJECT, message.subject.as_str());
         headers.insert(dead_letter::DELIVERY_COUNT, delivered.to_string().as_str());

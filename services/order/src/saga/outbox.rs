@@ -59,7 +59,11 @@ pub async fn relay(pool: PgPool, js: jetstream::Context, shutdown: CancellationT
     };
     let mut failures = 0u32;
     loop {
-        match publish_batch(&pool, &js).await {
+        let published = publish_batch(&pool, &js).await;
+        if let Err(error) = export_lag(&pool).await {
+            tracing::debug!(%error, "could not measure the outbox lag");
+        }
+        match published {
             Ok(n) => {
                 failures = 0;
                 if n as i64 == BATCH {
@@ -90,6 +94,18 @@ async fn wait_notified(listener: Option<&mut PgListener>, pause: Duration) {
         }
         None => tokio::time::sleep(pause).await,
     }
+}
+
+/// Publishes the backlog and the age of its oldest row as metrics.
+async fn export_lag(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let (backlog, age): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM outbox",
+    )
+    .fetch_one(pool)
+    .await?;
+    crate::metrics::OUTBOX_BACKLOG.set(backlog);
+    crate::metrics::OUTBOX_OLDEST_AGE.set(age.max(0.0));
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +153,7 @@ async fn publish_batch(pool: &PgPool, js: &jetstream::Context) -> Result<usize, 
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    crate::metrics::OUTBOX_PUBLISHED.inc_by(rows.len() as u64);
     tracing::debug!(published = rows.len(), "outbox batch published");
     Ok(rows.len())
 }

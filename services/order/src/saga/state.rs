@@ -243,6 +243,7 @@ pub async fn advance(
         return Ok(false);
     }
     let compensation = step.spec().compensation;
+    let timed_out = matches!(outcome, Outcome::TimedOut(_));
     if saga.phase == "parked" {
         if matches!(outcome, Outcome::TimedOut(_)) {
             return Ok(false); // an operator owns a parked saga
@@ -376,7 +377,54 @@ pub async fn advance(
     .await
     .map_err(db::status)?;
     tx.commit().await.map_err(db::status)?;
+    record_metrics(
+        step,
+        timed_out,
+        &events,
+        saga.phase == "done" || saga.phase == "parked" && !events.is_empty(),
+        row.created_at,
+    );
     Ok(true)
+}
+
+/// Counts what a committed transition did.
+fn record_metrics(
+    step: Step,
+    timed_out: bool,
+    events: &[OrderEvent],
+    terminal: bool,
+    created_at: chrono::DateTime<Utc>,
+) {
+    use crate::metrics::*;
+    if timed_out {
+        SAGA_TIMEOUTS.with_label_values(&[step.name()]).inc();
+    }
+    for event in events {
+        match event {
+            OrderEvent::CompensationStarted { failed_step, .. } => {
+                SAGA_FAILED
+                    .with_label_values(
+                        &[Step::from_name(failed_step).map_or("unknown", Step::name)],
+                    )
+                    .inc();
+            }
+            OrderEvent::Compensated { .. } => {
+                SAGA_COMPENSATIONS.with_label_values(&[step.name()]).inc()
+            }
+            _ => {}
+        }
+    }
+    if step == Step::ConfirmOrder && events.is_empty() {
+        SAGA_COMPLETED.inc();
+    }
+    if terminal {
+        SAGA_DURATION.observe(
+            (Utc::now() - created_at)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
+    }
 }
 
 fn unreachable_outcome<T>() -> Result<T, Status> {

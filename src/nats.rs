@@ -92,3 +92,63 @@ impl Names {
         }
     }
 }
+
+/// Runs `handle` on every message of a pull consumer until `shutdown`: at most `concurrency`
+/// handlers at once (1 = in order), re-opening the message stream when it breaks, and waiting
+/// for the handlers in flight before returning. Handlers ack or nak the message themselves.
+pub async fn consume<F, Fut>(
+    what: &'static str,
+    consumer: jetstream::consumer::PullConsumer,
+    concurrency: usize,
+    shutdown: tokio_util::sync::CancellationToken,
+    handle: F,
+) where
+    F: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use futures::StreamExt;
+
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let in_flight = tokio_util::task::TaskTracker::new();
+    'outer: loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(what, %error, "cannot pull messages; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'outer,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break 'outer,
+                },
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let work = handle(message);
+                    in_flight.spawn(async move {
+                        work.await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(what, %error, "message stream broke; re-opening");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    in_flight.close();
+    in_flight.wait().await;
+}

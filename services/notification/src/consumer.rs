@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, consumer::PullConsumer};
-use futures::StreamExt;
 use ordermesh::events::{OrderOutcome, OutcomeKind};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -23,50 +22,33 @@ pub fn config() -> async_nats::jetstream::consumer::pull::Config {
     }
 }
 
+/// Records notifications until `shutdown`, in order of arrival.
 pub async fn run(pool: PgPool, consumer: PullConsumer, shutdown: CancellationToken) {
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(error) => {
-                tracing::warn!(%error, "cannot pull order events; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
+    ordermesh::nats::consume("order events", consumer, 1, shutdown, move |message| {
+        let pool = pool.clone();
+        async move { handle(&pool, message).await }
+    })
+    .await;
+}
+
+async fn handle(pool: &PgPool, message: async_nats::jetstream::Message) {
+    let Ok(event) = serde_json::from_slice::<OrderOutcome>(&message.payload) else {
+        tracing::error!(subject = %message.subject, "undecodable order event; terminated");
+        let _ = message.ack_with(AckKind::Term).await;
+        return;
+    };
+    match record(pool, &event).await {
+        Ok(inserted) => {
+            if inserted {
+                tracing::info!(order_id = %event.order_id, kind = ?event.kind, "notification sent");
             }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = messages.next() => next,
-            };
-            let message = match next {
-                Some(Ok(m)) => m,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "order event stream error; reconnecting");
-                    break;
-                }
-                None => break,
-            };
-            let Ok(event) = serde_json::from_slice::<OrderOutcome>(&message.payload) else {
-                tracing::error!(subject = %message.subject, "undecodable order event; terminated");
-                let _ = message.ack_with(AckKind::Term).await;
-                continue;
-            };
-            match record(&pool, &event).await {
-                Ok(inserted) => {
-                    if inserted {
-                        tracing::info!(order_id = %event.order_id, kind = ?event.kind, "notification sent");
-                    }
-                    let _ = message.ack().await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "could not record notification; will retry");
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
-                }
-            }
+            let _ = message.ack().await;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not record notification; will retry");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
         }
     }
 }

@@ -7,7 +7,6 @@
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use futures::StreamExt;
 use ordermesh::{
     client::Propagate,
     events::dead_letter,
@@ -28,8 +27,7 @@ use ordermesh::{
     },
 };
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -73,53 +71,25 @@ impl From<Status> for Retry {
     }
 }
 
-/// Consumes step messages until `shutdown`, then waits for the steps in flight.
+/// Consumes step messages until `shutdown`, at most `concurrency` at once, then waits for the
+/// steps in flight.
 pub async fn run(
     worker: Arc<Worker>,
     consumer: PullConsumer,
     concurrency: usize,
     shutdown: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let in_flight = TaskTracker::new();
-    'outer: loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(error) => {
-                tracing::warn!(%error, "cannot pull saga steps; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'outer,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break 'outer },
-            };
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    let worker = worker.clone();
-                    in_flight.spawn(async move {
-                        worker.handle(message).await;
-                        drop(permit);
-                    });
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "saga step stream error; reconnecting");
-                    break;
-                }
-                None => break,
-            }
-        }
-    }
-    in_flight.close();
-    in_flight.wait().await;
+    ordermesh::nats::consume(
+        "saga steps",
+        consumer,
+        concurrency,
+        shutdown,
+        move |message| {
+            let worker = worker.clone();
+            async move { worker.handle(message).await }
+        },
+    )
+    .await;
 }
 
 impl Worker {
@@ -443,32 +413,11 @@ pub async fn run_timeouts(
     consumer: PullConsumer,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(error) => {
-                tracing::warn!(%error, "cannot pull saga timeouts; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => worker.fire(message).await,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "timeout stream error; reconnecting");
-                    break;
-                }
-                None => break,
-            }
-        }
-    }
+    ordermesh::nats::consume("saga timeouts", consumer, 16, shutdown, move |message| {
+        let worker = worker.clone();
+        async move { worker.fire(message).await }
+    })
+    .await;
 }
 
 impl Worker {

@@ -455,3 +455,70 @@ async fn killing_the_order_service_with_fifty_sagas_in_flight_loses_and_doubles_
     .expect("query");
     assert_eq!(gaps, 0, "event streams have no gaps or duplicates");
 }
+
+#[tokio::test]
+async fn cancelling_an_order_mid_saga_compensates_it_with_the_given_reason() {
+    let env = TestEnv::new();
+    let settings = [
+        ("ORDERMESH_SAGA__RETRY_BACKOFF", "300ms"),
+        ("ORDERMESH_CLIENT__TIMEOUT", "1s"),
+    ];
+    let mut mesh = env.start_mesh_with(&settings).await;
+    let inventory_addr = mesh.get(ServiceName::Inventory).grpc_addr;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "MOUSE", 5).await;
+    mesh.kill(ServiceName::Inventory);
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+    let created = orders
+        .create_order(order(&[("MOUSE", 1, 2_500)], "tok_visa"))
+        .await
+        .expect("create")
+        .into_inner()
+        .order
+        .expect("order");
+
+    let cancelled = orders
+        .cancel_order(ordermesh::proto::order::CancelOrderRequest {
+            order_id: created.order_id.clone(),
+            reason: "customer changed their mind".into(),
+        })
+        .await
+        .expect("cancel")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(cancelled.status(), OrderStatus::Compensating);
+    let empty_reason = orders
+        .cancel_order(ordermesh::proto::order::CancelOrderRequest {
+            order_id: created.order_id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("a reason is required");
+    assert_eq!(empty_reason.code(), tonic::Code::InvalidArgument);
+
+    // Inventory comes back: the release runs (the reserve may or may not have happened) and the
+    // order ends cancelled with the customer's reason, stock untouched.
+    mesh.restart(&env, ServiceName::Inventory, inventory_addr)
+        .await;
+    let (_, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
+    assert_eq!(done.status(), OrderStatus::Cancelled);
+    assert_eq!(
+        done.failure_reason,
+        "cancelled by request: customer changed their mind"
+    );
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    assert_eq!(item(&mut inventory, "MOUSE").await, (5, 0, 0));
+    let payments = env.db(ServiceName::Payment).await;
+    assert_eq!(
+        scalar(
+            &payments,
+            "SELECT count(*) FROM payments WHERE order_id = $1",
+            &created.order_id
+        )
+        .await,
+        0
+    );
+}

@@ -3,6 +3,7 @@
 
 mod dlq;
 mod inventory;
+mod load;
 mod order;
 pub(crate) mod output;
 mod projections;
@@ -40,6 +41,8 @@ enum Command {
     /// Create and read orders.
     #[command(subcommand)]
     Order(Box<order::OrderCommand>),
+    /// Open-loop load: orders at a fixed rate, latency to CreateOrder and to a terminal status.
+    Load(Box<load::LoadArgs>),
     /// Inspect and redrive dead-lettered messages.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -104,6 +107,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Saga(command) => saga::run(command).await,
         Command::Projections(command) => projections::run(command),
         Command::Dlq(command) => dlq::run(command).await,
+        Command::Load(args) => load::run(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

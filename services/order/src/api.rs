@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use ordermesh::{
     domain::{parse_required_text, parse_uuid},
     limits,
@@ -193,43 +193,59 @@ impl OrderService for Orders {
         let mut v = Violations::new();
         let order_id = v.parse("order_id", parse_uuid(&request.get_ref().order_id));
         let order_id = v.finish(order_id)?;
-        let pool = self.deps.get()?.pool.clone();
-        let first = store::get(&pool, order_id)
+        let deps = self.deps.get()?;
+        // Subscribe before reading, so a change between the read and the subscription is seen.
+        let signals = deps.saga.changes.subscribe(order_id).await?;
+        let first = store::get(&deps.pool, order_id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no order {order_id}")))?;
-        let stream = futures::stream::unfold(
-            (Some(first), 0i64, false),
-            move |(pending, last_version, done)| {
-                let pool = pool.clone();
-                async move {
-                    if done {
-                        return None;
-                    }
-                    let mut order = pending;
-                    loop {
-                        if let Some(o) = order.take().filter(|o| o.version > last_version) {
-                            let terminal = is_terminal(o.status());
-                            let version = o.version;
-                            return Some((
-                                Ok(WatchOrderResponse { order: Some(o) }),
-                                (None, version, terminal),
-                            ));
-                        }
-                        tokio::time::sleep(WATCH_POLL).await;
-                        match store::get(&pool, order_id).await {
-                            Ok(found) => order = found,
-                            Err(status) => return Some((Err(status), (None, last_version, true))),
-                        }
+        let watch = Watch {
+            pool: deps.pool.clone(),
+            signals,
+            order_id,
+            pending: Some(first),
+            last_version: 0,
+            done: false,
+        };
+        let stream = futures::stream::unfold(watch, |mut w| async move {
+            if w.done {
+                return None;
+            }
+            loop {
+                if let Some(order) = w.pending.take().filter(|o| o.version > w.last_version) {
+                    w.last_version = order.version;
+                    w.done = is_terminal(order.status());
+                    return Some((Ok(WatchOrderResponse { order: Some(order) }), w));
+                }
+                tokio::select! {
+                    Some(_) = w.signals.next() => {}
+                    _ = tokio::time::sleep(WATCH_FALLBACK) => {}
+                }
+                match store::get(&w.pool, w.order_id).await {
+                    Ok(found) => w.pending = found,
+                    Err(status) => {
+                        w.done = true;
+                        return Some((Err(status), w));
                     }
                 }
-            },
-        );
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
-/// How often WatchOrder looks for a change.
-const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// One WatchOrder stream: woken by the order's change signals, re-reading the view then.
+struct Watch {
+    pool: sqlx::PgPool,
+    signals: async_nats::Subscriber,
+    order_id: uuid::Uuid,
+    pending: Option<Order>,
+    last_version: i64,
+    done: bool,
+}
+
+/// Re-read even without a signal this often (signals are best-effort).
+const WATCH_FALLBACK: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn is_terminal(status: OrderStatus) -> bool {
     matches!(

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod changes;
 mod http;
 mod metrics;
 mod model;
@@ -142,8 +143,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             ),
         };
         let cache = ordermesh::cache::Cache::connect(&settings.redis, &settings.namespace);
+        let changes = changes::Changes::new(nats.client.clone(), &settings.namespace);
+        let outbox = saga::outbox::Wake::default();
         let saga = SagaContext {
             names,
+            changes,
+            outbox: outbox.clone(),
             order_events: events,
             timeouts: saga_settings.timeouts.clone(),
         };
@@ -158,6 +163,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         background.spawn(saga::outbox::relay(
             pool.clone(),
             nats.jetstream.clone(),
+            outbox,
             background.token(),
         ));
         background.spawn(executor::run(

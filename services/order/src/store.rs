@@ -152,6 +152,8 @@ pub async fn create(
         idempotency::record(&mut tx, &format!("create-order:{request_id}"), &response).await?;
     }
     tx.commit().await.map_err(db::status)?;
+    saga.outbox.wake();
+    saga.changes.announce(order_id).await;
     crate::metrics::SAGA_STARTED.inc();
     Ok(response)
 }

@@ -1,5 +1,5 @@
 //! Transactional outbox. State changes write their messages here in the same transaction; the
-//! relay publishes them to JetStream in batches (pipelined publishes, acks awaited together) with
+//! relay (woken in-process after each commit) publishes them to JetStream in batches (pipelined publishes, acks awaited together) with
 //! `Nats-Msg-Id` = the row's id, so a crash between publish and delete re-publishes a message
 //! that JetStream drops as a duplicate. No dual writes anywhere.
 
@@ -7,16 +7,32 @@ use std::{collections::BTreeMap, time::Duration};
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use ordermesh::db;
-use sqlx::{PgConnection, PgPool, postgres::PgListener, types::Json};
+use sqlx::{PgConnection, PgPool, types::Json};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use uuid::Uuid;
 
 /// Rows published per round trip.
 const BATCH: i64 = 256;
-const CHANNEL: &str = "ordermesh_outbox";
 
-/// Queues a message, to be published after this transaction commits.
+/// Wakes the relay after a transaction that queued messages committed. In-process on purpose:
+/// PostgreSQL's NOTIFY takes a database-wide lock from pre-commit to the end of the commit, which
+/// serialises every notifying transaction and capped the whole saga at a few hundred commits a
+/// second. Rows committed by another replica are picked up by its relay or by the periodic poll.
+#[derive(Debug, Clone, Default)]
+pub struct Wake(std::sync::Arc<tokio::sync::Notify>);
+
+impl Wake {
+    /// Call after commit.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// How often the relay looks for rows without being woken.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Queues a message, to be published after this transaction commits (call [`Wake::wake`] then).
 pub async fn enqueue(
     conn: &mut PgConnection,
     msg_id: Uuid,
@@ -29,12 +45,6 @@ pub async fn enqueue(
         .bind(subject)
         .bind(payload)
         .bind(Json(&headers))
-        .execute(&mut *conn)
-        .await
-        .map_err(db::status)?;
-    // Delivered at commit; wakes the relay at once instead of at its next poll.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
         .execute(&mut *conn)
         .await
         .map_err(db::status)?;
@@ -52,11 +62,7 @@ struct Row {
 
 /// Publishes the outbox until `shutdown`. Safe with several replicas: rows are claimed with
 /// `FOR UPDATE SKIP LOCKED`.
-pub async fn relay(pool: PgPool, js: jetstream::Context, shutdown: CancellationToken) {
-    let mut listener = match PgListener::connect_with(&pool).await {
-        Ok(mut l) => l.listen(CHANNEL).await.map(|_| l).ok(),
-        Err(_) => None,
-    };
+pub async fn relay(pool: PgPool, js: jetstream::Context, wake: Wake, shutdown: CancellationToken) {
     let mut failures = 0u32;
     loop {
         let published = publish_batch(&pool, &js).await;
@@ -76,23 +82,15 @@ pub async fn relay(pool: PgPool, js: jetstream::Context, shutdown: CancellationT
             }
         }
         let pause = if failures == 0 {
-            Duration::from_secs(1)
+            POLL
         } else {
             Duration::from_millis(200 * u64::from(failures.min(10)))
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = wait_notified(listener.as_mut(), pause) => {}
+            _ = wake.0.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
         }
-    }
-}
-
-async fn wait_notified(listener: Option<&mut PgListener>, pause: Duration) {
-    match listener {
-        Some(l) => {
-            let _ = tokio::time::timeout(pause, l.recv()).await;
-        }
-        None => tokio::time::sleep(pause).await,
     }
 }
 

@@ -28,6 +28,10 @@ use crate::{model::OrderEvent, store};
 #[derive(Debug, Clone)]
 pub struct SagaContext {
     pub names: Names,
+    /// Signals WatchOrder after every committed change.
+    pub changes: crate::changes::Changes,
+    /// Wakes the outbox relay after every commit that queued messages.
+    pub outbox: outbox::Wake,
     pub order_events: ordermesh::nats::Names,
     pub timeouts: Timeouts,
 }
@@ -377,6 +381,8 @@ pub async fn advance(
     .await
     .map_err(db::status)?;
     tx.commit().await.map_err(db::status)?;
+    cx.outbox.wake();
+    cx.changes.announce(order_id).await;
     record_metrics(
         step,
         timed_out,

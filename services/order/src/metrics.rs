@@ -18,6 +18,13 @@ metric!(SAGA_DURATION: Histogram = register_histogram!(
     HistogramOpts::new("order_saga_duration_seconds", "Time from order accepted to a terminal status.")
         .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0])
 ));
+metric!(STEP_DELIVERY_WAIT: Histogram = register_histogram!(
+    HistogramOpts::new(
+        "order_saga_step_delivery_wait_seconds",
+        "Time a step message spent in JetStream, from publish to a worker starting it."
+    )
+    .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+));
 metric!(SAGA_COMPENSATIONS: IntCounterVec = register_int_counter_vec!(
     Opts::new("order_saga_compensations_total", "Compensating steps completed, by step."),
     &["step"]

@@ -94,7 +94,16 @@ pub async fn run(
 
 impl Worker {
     async fn handle(&self, message: jetstream::Message) {
-        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        let (delivered, published) = match message.info() {
+            Ok(info) => (info.delivered, Some(info.published)),
+            Err(_) => (1, None),
+        };
+        if delivered == 1
+            && let Some(published) = published
+        {
+            let waited = time::OffsetDateTime::now_utc() - published;
+            crate::metrics::STEP_DELIVERY_WAIT.observe(waited.as_seconds_f64().max(0.0));
+        }
         let step_message: StepMessage = match serde_json::from_slice(&message.payload) {
             Ok(m) => m,
             Err(error) => {

@@ -454,6 +454,17 @@ async fn killing_the_order_service_with_fifty_sagas_in_flight_loses_and_doubles_
     .await
     .expect("query");
     assert_eq!(gaps, 0, "event streams have no gaps or duplicates");
+
+    let check = std::process::Command::new(common::binary("ordermesh"))
+        .args(["check", "--settle", "0s"])
+        .envs(env.env())
+        .output()
+        .expect("run ordermesh check");
+    assert!(
+        check.status.success(),
+        "ordermesh check after the crash:\n{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 }
 
 #[tokio::test]

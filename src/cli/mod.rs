@@ -1,6 +1,7 @@
 //! The `ordermesh` CLI (client side only: it starts services as separate processes and talks
 //! to them over gRPC, the way Kubernetes and users do).
 
+mod check;
 mod dlq;
 mod inventory;
 mod load;
@@ -41,6 +42,9 @@ enum Command {
     /// Create and read orders.
     #[command(subcommand)]
     Order(Box<order::OrderCommand>),
+    /// Check the mesh's invariants (terminal orders, conserved stock, charges, labels,
+    /// notifications, event streams); exit code 1 on any violation.
+    Check(check::CheckArgs),
     /// Open-loop load: orders at a fixed rate, latency to CreateOrder and to a terminal status.
     Load(Box<load::LoadArgs>),
     /// Inspect and redrive dead-lettered messages.
@@ -108,6 +112,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Projections(command) => projections::run(command),
         Command::Dlq(command) => dlq::run(command).await,
         Command::Load(args) => load::run(*args).await,
+        Command::Check(args) => match check::run(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

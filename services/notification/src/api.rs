@@ -12,15 +12,17 @@ use ordermesh::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{Deps, store};
+use sqlx::PgPool;
+
+use crate::store;
 
 pub struct Notifications {
-    deps: Ready<Deps>,
+    pool: Ready<PgPool>,
 }
 
 impl Notifications {
-    pub(crate) fn new(deps: Ready<Deps>) -> Notifications {
-        Notifications { deps }
+    pub fn new(pool: Ready<PgPool>) -> Notifications {
+        Notifications { pool }
     }
 }
 
@@ -57,8 +59,7 @@ impl NotificationService for Notifications {
             )
         };
         let size = v.finish(size)?;
-        let notifications =
-            store::list(&self.deps.get()?.pool, order_id, kind, before, size).await?;
+        let notifications = store::list(self.pool.get()?, order_id, kind, before, size).await?;
         let next_page_token = match notifications.last() {
             Some(last) if notifications.len() == size as usize => last.notification_id.clone(),
             _ => String::new(),

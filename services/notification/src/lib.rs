@@ -14,23 +14,15 @@ use ordermesh::{
     server::Host,
 };
 
-/// What handlers need once start-up has connected everything.
-pub(crate) struct Deps {
-    pub pool: sqlx::PgPool,
-    /// Kept for the life of the process: dropping the last handle closes the connection.
-    #[allow(dead_code)]
-    pub nats: ordermesh::nats::Nats,
-}
-
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serves the notification API until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let deps = Ready::default();
+    let pool = Ready::default();
     let mut host = Host::bind(settings).await?;
     let max_message = host.settings().server.max_message_bytes;
     host.add_service(
-        NotificationServiceServer::new(api::Notifications::new(deps.clone()))
+        NotificationServiceServer::new(api::Notifications::new(pool.clone()))
             .max_decoding_message_size(max_message),
     );
     let settings = host.settings().clone();
@@ -56,7 +48,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         )
         .await?;
         background.spawn(consumer::run(db.clone(), consumer, background.token()));
-        deps.set(Deps { pool: db, nats });
+        pool.set(db);
         Ok(())
     };
     host.serve(start, shutdown).await

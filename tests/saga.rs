@@ -349,6 +349,8 @@ async fn killing_the_order_service_with_fifty_sagas_in_flight_loses_and_doubles_
         InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
     stock(&mut inventory, "MOUSE", 1_000).await;
     let order_addr = mesh.get(ServiceName::Order).grpc_addr;
+    // Connected up front, so counting the sagas in flight right before the kill is quick.
+    let orders_db = env.db(ServiceName::Order).await;
     let orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
 
     let mut ids = Vec::new();
@@ -375,7 +377,6 @@ async fn killing_the_order_service_with_fifty_sagas_in_flight_loses_and_doubles_
                 .order_id,
         );
     }
-    let orders_db = env.db(ServiceName::Order).await;
     let active: i64 =
         sqlx::query_scalar("SELECT count(*) FROM sagas WHERE phase IN ('forward', 'compensating')")
             .fetch_one(&orders_db)

@@ -5,8 +5,9 @@ use std::collections::HashSet;
 
 use tonic::{Code, Status};
 
-use crate::domain::{Sku, parse_quantity};
+use crate::domain::{Sku, parse_quantity, parse_uuid};
 use crate::limits::MAX_LINES;
+use crate::proto::common::PageRequest;
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// Collects field violations; [`Violations::into_result`] turns them into one status.
@@ -114,6 +115,25 @@ pub fn lines<'a>(
         }
     }
     parsed
+}
+
+/// Checks a list request's page whose token is the last id (a UUID) of the previous page.
+/// Returns the page size (default when 0) and the id to continue after.
+pub fn uuid_page(
+    v: &mut Violations,
+    page: Option<PageRequest>,
+) -> (Option<u32>, Option<uuid::Uuid>) {
+    let page = page.unwrap_or_default();
+    let size = v.parse("page.page_size", crate::limits::page_size(page.page_size));
+    let after = if page.page_token.is_empty() {
+        None
+    } else {
+        v.parse(
+            "page.page_token",
+            parse_uuid(&page.page_token).map_err(|_| "is not a token from this API"),
+        )
+    };
+    (size, after)
 }
 
 /// The field violations carried by a status (empty if none), for clients and tests.

@@ -87,6 +87,27 @@ impl Endpoints {
     }
 }
 
+/// Runs one of the order service binary's maintenance commands (it sits beside this binary and
+/// reads the same `ORDERMESH_*` settings). The CLI never links service code.
+fn run_order_binary(command: &str) -> anyhow::Result<()> {
+    let binary = std::env::current_exe()?.with_file_name("ordermesh-order");
+    let status = std::process::Command::new(&binary)
+        .arg(command)
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "running {}: {e}; build it with `cargo build --workspace --bins`",
+                binary.display()
+            )
+        })?;
+    anyhow::ensure!(
+        status.success(),
+        "{} {command} failed (see above)",
+        binary.display()
+    );
+    Ok(())
+}
+
 fn connect(url: &str) -> anyhow::Result<(tonic::transport::Channel, client::Propagate)> {
     let settings = Settings::defaults(ServiceName::Order).client;
     Ok((

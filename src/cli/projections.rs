@@ -12,22 +12,6 @@ pub enum ProjectionsCommand {
 
 pub fn run(command: ProjectionsCommand) -> anyhow::Result<()> {
     match command {
-        ProjectionsCommand::Rebuild => {
-            let binary = std::env::current_exe()?.with_file_name("ordermesh-order");
-            let status = std::process::Command::new(&binary)
-                .arg("rebuild-projections")
-                .status()
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "running {}: {e}; build it with `cargo build --workspace --bins`",
-                        binary.display()
-                    )
-                })?;
-            anyhow::ensure!(
-                status.success(),
-                "rebuilding projections failed (see above)"
-            );
-            Ok(())
-        }
+        ProjectionsCommand::Rebuild => super::run_order_binary("rebuild-projections"),
     }
 }

@@ -34,23 +34,7 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<()> {
                 .into_inner();
             print_timeline(&timeline);
         }
-        SagaCommand::Graph => {
-            let binary = std::env::current_exe()?.with_file_name("ordermesh-order");
-            let status = std::process::Command::new(&binary)
-                .arg("--print-saga-graph")
-                .status()
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "running {}: {e}; build it with `cargo build --workspace --bins`",
-                        binary.display()
-                    )
-                })?;
-            anyhow::ensure!(
-                status.success(),
-                "{} --print-saga-graph failed",
-                binary.display()
-            );
-        }
+        SagaCommand::Graph => super::run_order_binary("--print-saga-graph")?,
     }
     Ok(())
 }

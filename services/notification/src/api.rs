@@ -2,13 +2,12 @@
 
 use ordermesh::{
     domain::parse_uuid,
-    limits,
     proto::{
         common::PageResponse,
         notification::{notification_service_server::NotificationService, *},
     },
     ready::Ready,
-    validation::Violations,
+    validation::{self, Violations},
 };
 use tonic::{Request, Response, Status};
 
@@ -34,9 +33,8 @@ impl NotificationService for Notifications {
         request: Request<ListNotificationsRequest>,
     ) -> Result<Response<ListNotificationsResponse>, Status> {
         let r = request.into_inner();
-        let page = r.page.unwrap_or_default();
         let mut v = Violations::new();
-        let size = v.parse("page.page_size", limits::page_size(page.page_size));
+        let (size, before) = validation::uuid_page(&mut v, r.page);
         let order_id = if r.order_id.is_empty() {
             None
         } else {
@@ -49,14 +47,6 @@ impl NotificationService for Notifications {
                 v.add("kind", format!("unknown notification kind {}", r.kind));
                 None
             }
-        };
-        let before = if page.page_token.is_empty() {
-            None
-        } else {
-            v.parse(
-                "page.page_token",
-                parse_uuid(&page.page_token).map_err(|_| "is not a token from this API"),
-            )
         };
         let size = v.finish(size)?;
         let notifications = store::list(self.pool.get()?, order_id, kind, before, size).await?;

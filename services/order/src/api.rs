@@ -11,7 +11,7 @@ use ordermesh::{
         order::{order_service_server::OrderService, *},
     },
     ready::Ready,
-    validation::Violations,
+    validation::{self, Violations},
 };
 use tonic::{Request, Response, Status};
 
@@ -75,9 +75,8 @@ impl OrderService for Orders {
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
         let r = request.into_inner();
-        let page = r.page.unwrap_or_default();
         let mut v = Violations::new();
-        let size = v.parse("page.page_size", limits::page_size(page.page_size));
+        let (size, before) = validation::uuid_page(&mut v, r.page);
         let status = match OrderStatus::try_from(r.status) {
             Ok(OrderStatus::Unspecified) => None,
             Ok(status) => Some(status),
@@ -85,14 +84,6 @@ impl OrderService for Orders {
                 v.add("status", format!("unknown order status {}", r.status));
                 None
             }
-        };
-        let before = if page.page_token.is_empty() {
-            None
-        } else {
-            v.parse(
-                "page.page_token",
-                parse_uuid(&page.page_token).map_err(|_| "is not a token from this API"),
-            )
         };
         v.check(
             r.customer_id.len() <= 128,

@@ -117,6 +117,20 @@ pub fn lines<'a>(
     parsed
 }
 
+/// Parses the `idempotency_key` and `order_id` that every mutating saga call carries.
+pub fn keyed(
+    v: &mut Violations,
+    idempotency_key: &str,
+    order_id: &str,
+) -> Option<(String, uuid::Uuid)> {
+    let key = v.parse(
+        "idempotency_key",
+        crate::domain::parse_idempotency_key(idempotency_key),
+    );
+    let order_id = v.parse("order_id", parse_uuid(order_id));
+    key.zip(order_id)
+}
+
 /// Checks a list request's page whose token is the last id (a UUID) of the previous page.
 /// Returns the page size (default when 0) and the id to continue after.
 pub fn uuid_page(

@@ -2,7 +2,7 @@
 //! before any write), then calls the store.
 
 use ordermesh::{
-    domain::{Sku, parse_idempotency_key, parse_required_text, parse_text, parse_uuid},
+    domain::{Sku, parse_required_text, parse_text, parse_uuid},
     limits::{self, MAX_REASON_LEN, MAX_STOCK},
     proto::common::PageResponse,
     proto::inventory::{inventory_service_server::InventoryService, *},
@@ -96,14 +96,13 @@ impl InventoryService for Inventory {
     ) -> Result<Response<ReserveResponse>, Status> {
         let r = request.get_ref();
         let mut v = Violations::new();
-        let key = v.parse("idempotency_key", parse_idempotency_key(&r.idempotency_key));
-        let order_id = v.parse("order_id", parse_uuid(&r.order_id));
+        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
         let lines = validation::lines(
             &mut v,
             "lines",
             r.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
         );
-        let (key, order_id) = v.finish(key.zip(order_id))?;
+        let (key, order_id) = v.finish(keyed)?;
         let response = store::reserve(self.pool.get()?, &key, r, order_id, &lines).await?;
         Ok(Response::new(response))
     }
@@ -115,10 +114,9 @@ impl InventoryService for Inventory {
     ) -> Result<Response<ReleaseResponse>, Status> {
         let r = request.get_ref();
         let mut v = Violations::new();
-        let key = v.parse("idempotency_key", parse_idempotency_key(&r.idempotency_key));
-        let order_id = v.parse("order_id", parse_uuid(&r.order_id));
+        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
         v.parse("reason", parse_text(&r.reason, MAX_REASON_LEN));
-        let (key, order_id) = v.finish(key.zip(order_id))?;
+        let (key, order_id) = v.finish(keyed)?;
         Ok(Response::new(
             store::release(self.pool.get()?, &key, r, order_id).await?,
         ))
@@ -131,9 +129,8 @@ impl InventoryService for Inventory {
     ) -> Result<Response<CommitResponse>, Status> {
         let r = request.get_ref();
         let mut v = Violations::new();
-        let key = v.parse("idempotency_key", parse_idempotency_key(&r.idempotency_key));
-        let order_id = v.parse("order_id", parse_uuid(&r.order_id));
-        let (key, order_id) = v.finish(key.zip(order_id))?;
+        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
+        let (key, order_id) = v.finish(keyed)?;
         Ok(Response::new(
             store::commit(self.pool.get()?, &key, r, order_id).await?,
         ))

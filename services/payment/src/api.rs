@@ -1,11 +1,11 @@
 //! The gRPC surface of the payment service. Every response carries `x-payment-version`.
 
 use ordermesh::{
-    domain::{Money, parse_idempotency_key, parse_required_text, parse_text, parse_uuid},
+    domain::{Money, parse_required_text, parse_text, parse_uuid},
     limits::MAX_REASON_LEN,
     proto::payment::{payment_service_server::PaymentService, *},
     ready::Ready,
-    validation::Violations,
+    validation::{self, Violations},
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
@@ -42,15 +42,14 @@ impl PaymentService for Payments {
     ) -> Result<Response<ChargeResponse>, Status> {
         let r = request.get_ref();
         let mut v = Violations::new();
-        let key = v.parse("idempotency_key", parse_idempotency_key(&r.idempotency_key));
-        let order_id = v.parse("order_id", parse_uuid(&r.order_id));
+        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
         let amount = v.parse("amount", Money::parse(r.amount.as_ref()));
         if let Some(a) = amount {
             v.check(a.minor > 0, "amount.amount_minor", "must be greater than 0");
         }
         v.parse("payment_token", parse_required_text(&r.payment_token, 256));
         v.parse("customer_id", parse_text(&r.customer_id, 128));
-        let ((key, order_id), amount) = v.finish(key.zip(order_id).zip(amount))?;
+        let ((key, order_id), amount) = v.finish(keyed.zip(amount))?;
         let charge = store::Charge {
             order_id,
             currency: amount.currency.as_str(),
@@ -71,8 +70,7 @@ impl PaymentService for Payments {
     ) -> Result<Response<RefundResponse>, Status> {
         let r = request.get_ref();
         let mut v = Violations::new();
-        let key = v.parse("idempotency_key", parse_idempotency_key(&r.idempotency_key));
-        let order_id = v.parse("order_id", parse_uuid(&r.order_id));
+        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
         let amount = match &r.amount {
             None => Some(None),
             Some(m) => v
@@ -80,7 +78,7 @@ impl PaymentService for Payments {
                 .map(|m| Some(m.minor)),
         };
         v.parse("reason", parse_text(&r.reason, MAX_REASON_LEN));
-        let ((key, order_id), amount) = v.finish(key.zip(order_id).zip(amount))?;
+        let ((key, order_id), amount) = v.finish(keyed.zip(amount))?;
         let response =
             store::refund(self.pool.get()?, &key, r, order_id, amount, &r.reason).await?;
         Ok(self.respond(response))

@@ -1,11 +1,11 @@
 //! The gRPC surface of the shipping service.
 
 use ordermesh::{
-    domain::{parse_idempotency_key, parse_required_text, parse_text, parse_uuid},
+    domain::{parse_required_text, parse_text, parse_uuid},
     limits::MAX_REASON_LEN,
     proto::shipping::{shipping_service_server::ShippingService, *},
     ready::Ready,
-    validation::Violations,
+    validation::{self, Violations},
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -33,8 +33,7 @@ impl ShippingService for Shipping {
     ) -> Result<Response<CreateLabelResponse>, Status> {
         let r = request.get_ref();
         let mut v = Violations::new();
-        let key = v.parse("idempotency_key", parse_idempotency_key(&r.idempotency_key));
-        let order_id = v.parse("order_id", parse_uuid(&r.order_id));
+        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
         v.check(
             SERVICE_LEVELS.contains(&r.service_level.as_str()),
             "service_level",
@@ -63,7 +62,7 @@ impl ShippingService for Shipping {
                 Some(a.country_code.as_str())
             }
         };
-        let ((key, order_id), country) = v.finish(key.zip(order_id).zip(country))?;
+        let ((key, order_id), country) = v.finish(keyed.zip(country))?;
         let label = store::NewLabel {
             order_id,
             service_level: &r.service_level,
@@ -82,10 +81,9 @@ impl ShippingService for Shipping {
     ) -> Result<Response<CancelLabelResponse>, Status> {
         let r = request.get_ref();
         let mut v = Violations::new();
-        let key = v.parse("idempotency_key", parse_idempotency_key(&r.idempotency_key));
-        let order_id = v.parse("order_id", parse_uuid(&r.order_id));
+        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
         v.parse("reason", parse_text(&r.reason, MAX_REASON_LEN));
-        let (key, order_id) = v.finish(key.zip(order_id))?;
+        let (key, order_id) = v.finish(keyed)?;
         Ok(Response::new(
             store::cancel(self.pool.get()?, &key, r, order_id).await?,
         ))

@@ -163,6 +163,22 @@ impl Host {
         self
     }
 
+    /// [`Host::serve`] for a service whose handlers need only its own database: start-up creates
+    /// and migrates it (waiting while PostgreSQL is down) and hands the pool to the handlers.
+    pub async fn serve_with_database(
+        self,
+        migrator: &'static sqlx::migrate::Migrator,
+        pool: crate::ready::Ready<sqlx::PgPool>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let settings = self.settings.clone();
+        let start = async move {
+            pool.set(crate::startup::database(&settings, migrator).await?);
+            Ok(())
+        };
+        self.serve(start, shutdown).await
+    }
+
     /// Serves until `shutdown` completes. `start` runs first, concurrently with serving health:
     /// it connects dependencies (retrying while they are down) and returns when handlers can
     /// work; an error from it is fatal.

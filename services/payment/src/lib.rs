@@ -45,10 +45,5 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         version = payment.version.as_str(),
         "payment processor behaviour"
     );
-    let settings = host.settings().clone();
-    let start = async move {
-        pool.set(ordermesh::startup::database(&settings, &MIGRATOR).await?);
-        Ok(())
-    };
-    host.serve(start, shutdown).await
+    host.serve_with_database(&MIGRATOR, pool, shutdown).await
 }

@@ -24,10 +24,5 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         ShippingServiceServer::new(api::Shipping::new(pool.clone()))
             .max_decoding_message_size(max_message),
     );
-    let settings = host.settings().clone();
-    let start = async move {
-        pool.set(ordermesh::startup::database(&settings, &MIGRATOR).await?);
-        Ok(())
-    };
-    host.serve(start, shutdown).await
+    host.serve_with_database(&MIGRATOR, pool, shutdown).await
 }

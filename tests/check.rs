@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{
     TestEnv, binary,
-    saga::{order, stock, watch_to_end},
+    saga::{place, stock, watch_to_end},
 };
 use ordermesh::{
     config::ServiceName,
@@ -65,13 +65,7 @@ async fn check_passes_on_a_healthy_mesh_and_names_every_broken_invariant() {
         (vec![("MOUSE", 1, 2_500)], "declined_token"),
         (vec![("MOUSE", 50, 2_500)], "tok_visa"),
     ] {
-        let created = orders
-            .create_order(order(&lines, token))
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
+        let created = place(&mut orders, &lines, token).await;
         watch_to_end(&mut orders, &created.order_id, Duration::from_secs(60)).await;
         ids.push(created.order_id);
     }

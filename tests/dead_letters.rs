@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{
     TestEnv, binary,
-    saga::{order, stock, watch_to_end},
+    saga::{place, stock, watch_to_end},
 };
 use ordermesh::{
     config::ServiceName,
@@ -44,13 +44,7 @@ async fn a_dead_lettered_step_parks_its_saga_until_redrive_completes_it_once() {
     let inventory_addr = mesh.get(ServiceName::Inventory).grpc_addr;
     mesh.kill(ServiceName::Inventory);
     let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
-    let created = orders
-        .create_order(order(&[("MOUSE", 1, 2_500)], "tok_visa"))
-        .await
-        .expect("create")
-        .into_inner()
-        .order
-        .expect("order");
+    let created = place(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa").await;
 
     let mut parked = None;
     for _ in 0..100 {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{
     TestEnv, binary,
-    saga::{order, stock, watch_to_end},
+    saga::{place, stock, watch_to_end},
 };
 use ordermesh::{
     config::ServiceName,
@@ -36,13 +36,7 @@ async fn rebuilding_the_view_from_events_yields_the_same_rows() {
         (vec![("MOUSE", 1, 2_500)], "declined_token"),
         (vec![("MOUSE", 9, 2_500)], "tok_visa"),
     ] {
-        let created = orders
-            .create_order(order(&lines, token))
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
+        let created = place(&mut orders, &lines, token).await;
         watch_to_end(&mut orders, &created.order_id, Duration::from_secs(60)).await;
     }
     let db = env.db(ServiceName::Order).await;

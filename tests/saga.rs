@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{
     TestEnv,
-    saga::{order, stock, watch_to_end},
+    saga::{place, stock, watch_to_end},
 };
 use nix::sys::signal::Signal;
 use ordermesh::{
@@ -95,16 +95,12 @@ async fn a_laptop_and_two_mice_are_confirmed_with_stock_payment_label_and_one_no
     stock(&mut inventory, "MOUSE", 20).await;
     let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
 
-    let created = orders
-        .create_order(order(
-            &[("LAPTOP", 1, 129_900), ("MOUSE", 2, 2_500)],
-            "tok_visa",
-        ))
-        .await
-        .expect("create")
-        .into_inner()
-        .order
-        .expect("order");
+    let created = place(
+        &mut orders,
+        &[("LAPTOP", 1, 129_900), ("MOUSE", 2, 2_500)],
+        "tok_visa",
+    )
+    .await;
     let (seen, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
     assert_eq!(
         done.status(),
@@ -199,13 +195,7 @@ async fn insufficient_stock_cancels_without_charging_and_a_declined_card_release
         NotificationServiceClient::new(mesh.get(ServiceName::Notification).channel().await);
     let payments = env.db(ServiceName::Payment).await;
 
-    let short = orders
-        .create_order(order(&[("LAPTOP", 5, 129_900)], "tok_visa"))
-        .await
-        .expect("create")
-        .into_inner()
-        .order
-        .expect("order");
+    let short = place(&mut orders, &[("LAPTOP", 5, 129_900)], "tok_visa").await;
     let (_, done) = watch_to_end(&mut orders, &short.order_id, WAIT).await;
     assert_eq!(done.status(), OrderStatus::Cancelled);
     assert!(
@@ -234,13 +224,7 @@ async fn insufficient_stock_cancels_without_charging_and_a_declined_card_release
         vec!["NOTIFICATION_KIND_ORDER_CANCELLED"]
     );
 
-    let declined = orders
-        .create_order(order(&[("MOUSE", 3, 2_500)], "declined_token"))
-        .await
-        .expect("create")
-        .into_inner()
-        .order
-        .expect("order");
+    let declined = place(&mut orders, &[("MOUSE", 3, 2_500)], "declined_token").await;
     let (seen, done) = watch_to_end(&mut orders, &declined.order_id, WAIT).await;
     assert_eq!(done.status(), OrderStatus::Cancelled, "saw {seen:?}");
     assert!(
@@ -288,13 +272,7 @@ async fn a_hung_payment_service_times_out_compensates_and_leaves_no_unrefunded_c
 
     let payment = mesh.get(ServiceName::Payment);
     payment.signal(Signal::SIGSTOP);
-    let created = orders
-        .create_order(order(&[("MOUSE", 2, 2_500)], "tok_visa"))
-        .await
-        .expect("create")
-        .into_inner()
-        .order
-        .expect("order");
+    let created = place(&mut orders, &[("MOUSE", 2, 2_500)], "tok_visa").await;
     let mut compensating = false;
     for _ in 0..150 {
         let now = orders
@@ -362,20 +340,11 @@ async fn killing_the_order_service_with_fifty_sagas_in_flight_loses_and_doubles_
             } else {
                 "tok_visa"
             };
-            tokio::spawn(async move { c.create_order(order(&[("MOUSE", 2, 2_500)], token)).await })
+            tokio::spawn(async move { place(&mut c, &[("MOUSE", 2, 2_500)], token).await })
         })
         .collect();
     for create in creates {
-        ids.push(
-            create
-                .await
-                .expect("join")
-                .expect("create")
-                .into_inner()
-                .order
-                .expect("order")
-                .order_id,
-        );
+        ids.push(create.await.expect("join").order_id);
     }
     let active: i64 =
         sqlx::query_scalar("SELECT count(*) FROM sagas WHERE phase IN ('forward', 'compensating')")
@@ -482,13 +451,7 @@ async fn cancelling_an_order_mid_saga_compensates_it_with_the_given_reason() {
     stock(&mut inventory, "MOUSE", 5).await;
     mesh.kill(ServiceName::Inventory);
     let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
-    let created = orders
-        .create_order(order(&[("MOUSE", 1, 2_500)], "tok_visa"))
-        .await
-        .expect("create")
-        .into_inner()
-        .order
-        .expect("order");
+    let created = place(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa").await;
 
     let cancelled = orders
         .cancel_order(ordermesh::proto::order::CancelOrderRequest {

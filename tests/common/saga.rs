@@ -41,6 +41,21 @@ pub fn order(lines: &[(&str, i64, i64)], token: &str) -> CreateOrderRequest {
     }
 }
 
+/// Places an order and returns it as stored (status PENDING).
+pub async fn place(
+    client: &mut OrderServiceClient<Channel>,
+    lines: &[(&str, i64, i64)],
+    token: &str,
+) -> Order {
+    client
+        .create_order(order(lines, token))
+        .await
+        .expect("create order")
+        .into_inner()
+        .order
+        .expect("order in the response")
+}
+
 pub async fn stock(inventory: &mut InventoryServiceClient<Channel>, sku: &str, available: i64) {
     inventory
         .upsert_item(UpsertItemRequest {

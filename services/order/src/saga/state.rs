@@ -249,7 +249,7 @@ pub async fn advance(
     let compensation = step.spec().compensation;
     let timed_out = matches!(outcome, Outcome::TimedOut(_));
     if saga.phase == "parked" {
-        if matches!(outcome, Outcome::TimedOut(_)) {
+        if timed_out {
             return Ok(false); // an operator owns a parked saga
         }
         saga.phase = if compensation {

@@ -25,6 +25,9 @@ impl Cache {
     /// Starts connecting in the background (retrying every few seconds while Redis is down) and
     /// returns at once. An empty URL disables the cache.
     pub fn connect(settings: &RedisSettings, namespace: &str) -> Cache {
+        for operation in ["get", "set", "delete"] {
+            crate::metrics::CACHE_ERRORS.with_label_values(&[operation]);
+        }
         let cache = Cache {
             connection: Arc::new(OnceLock::new()),
             prefix: format!("{namespace}:"),

@@ -115,6 +115,15 @@ pub fn message_headers() -> std::collections::BTreeMap<String, String> {
     out
 }
 
+/// Makes `span` continue the trace a message's headers carry and returns the call context its
+/// work runs in (see [`CallContext::scope`]): one order stays one trace across JetStream hops.
+pub fn adopt_message(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) -> CallContext {
+    let (context, parent) = from_message_headers(headers);
+    // Fails only when the span is disabled (filtered out); then there is nothing to link.
+    let _ = span.set_parent(parent);
+    context
+}
+
 /// The context and trace parent carried by a message's headers (see [`message_headers`]).
 pub fn from_message_headers(
     headers: Option<&async_nats::HeaderMap>,

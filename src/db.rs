@@ -38,6 +38,64 @@ impl DbError {
     }
 }
 
+/// Exports the pool's connections (in use, idle, maximum) at scrape time, so an exhausted pool
+/// (requests waiting for `acquire_timeout`) is visible before it turns into UNAVAILABLE errors.
+struct PoolCollector {
+    pool: PgPool,
+    max: u32,
+    connections: prometheus::IntGaugeVec,
+    limit: prometheus::IntGauge,
+}
+
+impl PoolCollector {
+    fn register(pool: &PgPool, max: u32) {
+        let collector = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "ordermesh_db_pool_connections",
+                "PostgreSQL connections of this process's pool, by state (in_use, idle).",
+            ),
+            &["state"],
+        )
+        .and_then(|connections| {
+            Ok(PoolCollector {
+                pool: pool.clone(),
+                max,
+                connections,
+                limit: prometheus::IntGauge::new(
+                    "ordermesh_db_pool_max_connections",
+                    "Size limit of this process's PostgreSQL pool.",
+                )?,
+            })
+        });
+        // Registration fails only when a pool was already registered in this process (tests
+        // that start a service twice in one process); the first one keeps reporting.
+        if let Ok(collector) = collector {
+            let _ = prometheus::register(Box::new(collector));
+        }
+    }
+}
+
+impl prometheus::core::Collector for PoolCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut descs = self.connections.desc();
+        descs.extend(self.limit.desc());
+        descs
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let size = i64::from(self.pool.size());
+        let idle = i64::try_from(self.pool.num_idle()).unwrap_or(size);
+        self.connections
+            .with_label_values(&["in_use"])
+            .set(size - idle);
+        self.connections.with_label_values(&["idle"]).set(idle);
+        self.limit.set(i64::from(self.max));
+        let mut families = self.connections.collect();
+        families.extend(self.limit.collect());
+        families
+    }
+}
+
 /// Creates `name` if missing, opens a pool to it and runs `migrator`.
 pub async fn connect(
     settings: &DatabaseSettings,
@@ -67,6 +125,7 @@ pub async fn connect(
             name: name.to_string(),
             source,
         })?;
+    PoolCollector::register(&pool, settings.max_connections);
     Ok(pool)
 }
 

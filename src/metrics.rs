@@ -43,9 +43,12 @@ metric!(RPC_DURATION: HistogramVec = register_histogram_vec!(
         .buckets(LATENCY_BUCKETS.to_vec()),
     &["grpc_service", "grpc_method"]
 ));
+// No `service` label on the process-wide metrics: the scrape configuration attaches it as a
+// target label (see prometheus/prometheus.yml and the k8s scrape annotations), and a metric
+// label of the same name would be renamed to `exported_service` on ingestion.
 metric!(BUILD_INFO: IntGaugeVec = register_int_gauge_vec!(
-    Opts::new("ordermesh_build_info", "Always 1; labels say which service and version runs."),
-    &["service", "version"]
+    Opts::new("ordermesh_build_info", "Always 1; the label says which version runs."),
+    &["version"]
 ));
 metric!(IDEMPOTENT_REPLAYS: prometheus::IntCounter = prometheus::register_int_counter!(
     "ordermesh_idempotent_replays_total",
@@ -55,10 +58,71 @@ metric!(CACHE_ERRORS: IntCounterVec = register_int_counter_vec!(
     Opts::new("ordermesh_cache_errors_total", "Redis cache calls that failed or timed out (served from PostgreSQL instead)."),
     &["operation"]
 ));
-metric!(READY: IntGaugeVec = register_int_gauge_vec!(
-    Opts::new("ordermesh_ready", "1 while the service reports SERVING, else 0."),
-    &["service"]
+metric!(READY: prometheus::IntGauge = prometheus::register_int_gauge!(
+    "ordermesh_ready", "1 while the service reports SERVING, else 0."
 ));
+metric!(CONSUMER_PENDING: IntGaugeVec = register_int_gauge_vec!(
+    Opts::new("ordermesh_jetstream_consumer_pending", "Messages in the stream not yet delivered to this durable consumer: its lag."),
+    &["consumer"]
+));
+metric!(CONSUMER_ACK_PENDING: IntGaugeVec = register_int_gauge_vec!(
+    Opts::new("ordermesh_jetstream_consumer_ack_pending", "Messages delivered to this consumer and not yet acknowledged."),
+    &["consumer"]
+));
+metric!(CONSUMER_REDELIVERIES: IntCounterVec = register_int_counter_vec!(
+    Opts::new("ordermesh_jetstream_redeliveries_total", "Messages this instance received for at least the second time (a worker died, timed out or asked for a retry)."),
+    &["consumer"]
+));
+metric!(CONSUMER_MESSAGES: IntCounterVec = register_int_counter_vec!(
+    Opts::new("ordermesh_jetstream_messages_total", "Messages this instance received from a durable consumer."),
+    &["consumer"]
+));
+
+/// Runs `sample` every `period` until `shutdown`, for gauges that need a query (database rows,
+/// JetStream state) and so cannot be read at scrape time. A failed sample keeps the last values
+/// and is logged at debug level: the dependency's own errors are reported elsewhere.
+pub async fn sample_every<F, Fut>(
+    what: &'static str,
+    period: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut sample: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if let Err(error) = sample().await {
+            tracing::debug!(what, error = format!("{error:#}"), "metrics sample failed");
+        }
+    }
+}
+
+/// Sets a gauge family from `(labels, value)` rows and removes label sets that are no longer
+/// present, so a row that disappears (a sold-out SKU leaving the top list, a drained saga state)
+/// does not keep reporting its last value.
+pub fn replace_gauges(
+    gauge: &IntGaugeVec,
+    previous: &mut HashSet<Vec<String>>,
+    rows: impl IntoIterator<Item = (Vec<String>, i64)>,
+) {
+    let mut seen = HashSet::new();
+    for (labels, value) in rows {
+        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+        gauge.with_label_values(&refs).set(value);
+        seen.insert(labels);
+    }
+    for gone in previous.difference(&seen) {
+        let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
+        let _ = gauge.remove_label_values(&refs);
+    }
+    *previous = seen;
+}
 
 /// Prometheus text exposition of every registered metric.
 pub fn render() -> String {

@@ -106,6 +106,42 @@ pub async fn consume<F, Fut>(
     F: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    crate::metrics::CONSUMER_MESSAGES.with_label_values(&[what]);
+    crate::metrics::CONSUMER_REDELIVERIES.with_label_values(&[what]);
+    let lag = crate::metrics::sample_every(what, LAG_SAMPLE_PERIOD, shutdown.clone(), {
+        let consumer = consumer.clone();
+        move || {
+            let mut consumer = consumer.clone();
+            async move {
+                let info = consumer.info().await?;
+                let pending = i64::try_from(info.num_pending).unwrap_or(i64::MAX);
+                let ack_pending = i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX);
+                crate::metrics::CONSUMER_PENDING
+                    .with_label_values(&[what])
+                    .set(pending);
+                crate::metrics::CONSUMER_ACK_PENDING
+                    .with_label_values(&[what])
+                    .set(ack_pending);
+                Ok(())
+            }
+        }
+    });
+    tokio::join!(lag, receive(what, consumer, concurrency, shutdown, handle));
+}
+
+/// How often each consumer's lag is read from the server for `/metrics`.
+const LAG_SAMPLE_PERIOD: Duration = Duration::from_secs(5);
+
+async fn receive<F, Fut>(
+    what: &'static str,
+    consumer: jetstream::consumer::PullConsumer,
+    concurrency: usize,
+    shutdown: tokio_util::sync::CancellationToken,
+    handle: F,
+) where
+    F: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     use futures::StreamExt;
 
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
@@ -135,6 +171,14 @@ pub async fn consume<F, Fut>(
             };
             match next {
                 Some(Ok(message)) => {
+                    crate::metrics::CONSUMER_MESSAGES
+                        .with_label_values(&[what])
+                        .inc();
+                    if message.info().is_ok_and(|info| info.delivered > 1) {
+                        crate::metrics::CONSUMER_REDELIVERIES
+                            .with_label_values(&[what])
+                            .inc();
+                    }
                     let work = handle(message);
                     in_flight.spawn(async move {
                         work.await;

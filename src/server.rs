@@ -204,9 +204,9 @@ impl Host {
                 .await;
         }
         metrics::BUILD_INFO
-            .with_label_values(&[service, env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        metrics::READY.with_label_values(&[service]).set(0);
+        metrics::READY.set(0);
 
         // grpcurl before 1.9 and many tools still speak only the v1alpha reflection protocol.
         routes.add_service(
@@ -287,7 +287,7 @@ impl Host {
                 started.context("start-up failed")?;
                 set_status(ServingStatus::Serving).await;
                 let _ = ready_tx.send(true);
-                metrics::READY.with_label_values(&[service]).set(1);
+                metrics::READY.set(1);
                 tracing::info!(service, "serving");
                 shutdown.await;
             }
@@ -299,7 +299,7 @@ impl Host {
         tracing::info!(service, delay = ?settings.shutdown.delay, "shutting down: reporting NOT_SERVING");
         set_status(ServingStatus::NotServing).await;
         let _ = ready_tx.send(false);
-        metrics::READY.with_label_values(&[service]).set(0);
+        metrics::READY.set(0);
         tokio::time::sleep(settings.shutdown.delay).await;
 
         stop_accepting.cancel();

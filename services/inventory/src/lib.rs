@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod metrics;
 mod store;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serves the inventory API until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    metrics::init();
     let pool = Ready::default();
     let mut host = Host::bind(settings).await?;
     let max_message = host.settings().server.max_message_bytes;
@@ -24,5 +26,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         InventoryServiceServer::new(api::Inventory::new(pool.clone()))
             .max_decoding_message_size(max_message),
     );
+    let background = host.background();
+    background.spawn(metrics::sample_stock(pool.clone(), background.token()));
     host.serve_with_database(&MIGRATOR, pool, shutdown).await
 }

@@ -18,6 +18,8 @@ use sqlx::{PgConnection, PgPool};
 use tonic::Status;
 use uuid::Uuid;
 
+use crate::metrics::RESERVATIONS;
+
 #[derive(sqlx::FromRow)]
 struct ItemRow {
     sku: String,
@@ -281,6 +283,12 @@ pub async fn reserve(
     };
     idempotency::record(&mut tx, key, &response).await?;
     tx.commit().await.map_err(db::status)?;
+    let outcome = if response.outcome() == ReserveOutcome::Reserved {
+        "reserved"
+    } else {
+        "insufficient_stock"
+    };
+    RESERVATIONS.with_label_values(&[outcome]).inc();
     Ok(response)
 }
 
@@ -321,6 +329,9 @@ pub async fn release(
     };
     idempotency::record(&mut tx, key, &response).await?;
     tx.commit().await.map_err(db::status)?;
+    if released {
+        RESERVATIONS.with_label_values(&["released"]).inc();
+    }
     Ok(response)
 }
 
@@ -361,5 +372,8 @@ pub async fn commit(
     };
     idempotency::record(&mut tx, key, &response).await?;
     tx.commit().await.map_err(db::status)?;
+    if committed {
+        RESERVATIONS.with_label_values(&["committed"]).inc();
+    }
     Ok(response)
 }

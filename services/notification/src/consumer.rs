@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use async_nats::jetstream::{AckKind, consumer::PullConsumer};
 use ordermesh::events::{OrderOutcome, OutcomeKind};
 use sqlx::PgPool;
@@ -24,7 +26,7 @@ pub fn config() -> async_nats::jetstream::consumer::pull::Config {
 
 /// Records notifications until `shutdown`, in order of arrival.
 pub async fn run(pool: PgPool, consumer: PullConsumer, shutdown: CancellationToken) {
-    ordermesh::nats::consume("order events", consumer, 1, shutdown, move |message| {
+    ordermesh::nats::consume("order_events", consumer, 1, shutdown, move |message| {
         let pool = pool.clone();
         async move { handle(&pool, message).await }
     })
@@ -37,9 +39,22 @@ async fn handle(pool: &PgPool, message: async_nats::jetstream::Message) {
         let _ = message.ack_with(AckKind::Term).await;
         return;
     };
-    match record(pool, &event).await {
+    let span = tracing::info_span!(
+        "notification.record",
+        order_id = %event.order_id,
+        kind = ?event.kind,
+    );
+    let context = ordermesh::context::adopt_message(&span, message.headers.as_ref());
+    let recorded = context
+        .scope(record(pool, &event).instrument(span.clone()))
+        .await;
+    let _enter = span.enter();
+    match recorded {
         Ok(inserted) => {
             if inserted {
+                crate::metrics::SENT
+                    .with_label_values(&[event.kind.subject_token()])
+                    .inc();
                 tracing::info!(order_id = %event.order_id, kind = ?event.kind, "notification sent");
             }
             let _ = message.ack().await;

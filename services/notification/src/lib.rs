@@ -4,6 +4,7 @@
 
 mod api;
 mod consumer;
+mod metrics;
 mod store;
 
 use std::future::Future;
@@ -18,6 +19,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serves the notification API until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    metrics::init();
     let pool = Ready::default();
     let mut host = Host::bind(settings).await?;
     let max_message = host.settings().server.max_message_bytes;

@@ -128,7 +128,7 @@ impl OrderService for Orders {
                     &deps.saga,
                     order_id,
                     step,
-                    Outcome::GaveUp(reason),
+                    Outcome::Cancelled(reason),
                 )
                 .await?;
                 read_model::invalidate(deps, order_id).await;

@@ -72,6 +72,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             max_deliver: 12,
         },
     )?;
+    metrics::init();
     let deps = Ready::default();
     let mut host = Host::bind(settings).await?;
     let max_message = host.settings().server.max_message_bytes;
@@ -173,6 +174,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             background.token(),
         ));
         background.spawn(executor::run_timeouts(worker, timeouts, background.token()));
+        background.spawn(saga::census::run(
+            pool.clone(),
+            nats.jetstream.clone(),
+            saga.names.clone(),
+            background.token(),
+        ));
         deps.set(Deps { pool, cache, saga });
         Ok(())
     };

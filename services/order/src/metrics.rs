@@ -4,15 +4,16 @@
 
 use ordermesh::metric;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, register_histogram,
-    register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec,
 };
 
 metric!(SAGA_STARTED: IntCounter = register_int_counter!("order_saga_started_total", "Sagas started (orders accepted)."));
 metric!(SAGA_COMPLETED: IntCounter = register_int_counter!("order_saga_completed_total", "Sagas that ended CONFIRMED."));
 metric!(SAGA_FAILED: IntCounterVec = register_int_counter_vec!(
-    Opts::new("order_saga_failed_total", "Sagas that ended CANCELLED or FAILED, by the forward step that failed."),
-    &["step"]
+    Opts::new("order_saga_failed_total", "Sagas that turned to compensation, by the forward step that failed and why: rejected (out of stock, declined), timed_out, gave_up (retries ran out) or cancelled (by request)."),
+    &["step", "reason"]
 ));
 metric!(SAGA_DURATION: Histogram = register_histogram!(
     HistogramOpts::new("order_saga_duration_seconds", "Time from order accepted to a terminal status.")
@@ -43,3 +44,38 @@ metric!(OUTBOX_OLDEST_AGE: prometheus::Gauge = prometheus::register_gauge!(
     "ordermesh_outbox_oldest_age_seconds",
     "Age of the oldest unpublished outbox row (0 when empty): the relay's lag."
 ));
+metric!(SAGAS_ACTIVE: IntGaugeVec = register_int_gauge_vec!(
+    Opts::new("order_sagas_active", "Unfinished sagas by phase (forward, compensating, parked) and current step; database-wide."),
+    &["phase", "step"]
+));
+metric!(SAGA_STALEST_AGE: prometheus::Gauge = prometheus::register_gauge!(
+    "order_saga_stalest_age_seconds",
+    "Time since the least recently advanced forward or compensating saga last changed (0 when none): a stuck saga shows here."
+));
+metric!(DEAD_LETTERS_PENDING: IntGauge = register_int_gauge!(
+    "order_dead_letters_pending",
+    "Messages waiting in the dead-letter stream for an operator (`ordermesh dlq list`)."
+));
+
+/// Creates every labelled series at 0, so `rate()` and `increase()` see the first failure,
+/// timeout or dead letter instead of a series that starts mid-incident.
+pub fn init() {
+    use crate::saga::definition::TABLE;
+    for spec in TABLE {
+        let step = spec.step.name();
+        if spec.compensation {
+            SAGA_COMPENSATIONS.with_label_values(&[step]);
+        } else {
+            for reason in ["rejected", "gave_up", "timed_out", "cancelled"] {
+                SAGA_FAILED.with_label_values(&[step, reason]);
+            }
+        }
+        if spec.deadline.is_some() {
+            SAGA_TIMEOUTS.with_label_values(&[step]);
+        }
+        DEAD_LETTERS.with_label_values(&[step]);
+    }
+    DEAD_LETTERS.with_label_values(&["undecodable"]);
+    SAGA_STARTED.get();
+    SAGA_COMPLETED.get();
+}

@@ -56,7 +56,15 @@ impl PaymentService for Payments {
             amount_minor: amount.minor,
             token: &r.payment_token,
         };
-        let response = store::charge(self.pool.get()?, &key, r, charge, self.version).await?;
+        let response = store::charge(self.pool.get()?, &key, r, charge, self.version)
+            .await
+            .inspect_err(|status| {
+                if crate::metrics::is_server_error(status) {
+                    crate::metrics::CHARGES
+                        .with_label_values(&[self.version.as_str(), "error"])
+                        .inc();
+                }
+            })?;
         if let Some(p) = &response.payment {
             tracing::info!(status = p.status().as_str_name(), "charge processed");
         }

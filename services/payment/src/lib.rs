@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod metrics;
 mod processor;
 mod store;
 
@@ -34,6 +35,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             version: Version::V1,
         },
     )?;
+    metrics::init(payment.version);
     let pool = Ready::default();
     let mut host = Host::bind(settings).await?;
     let max_message = host.settings().server.max_message_bytes;

@@ -15,7 +15,10 @@ use sqlx::{PgConnection, PgPool};
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::processor::{self, Version};
+use crate::{
+    metrics::{CHARGES, REFUNDS},
+    processor::{self, Version},
+};
 
 #[derive(sqlx::FromRow)]
 struct PaymentRow {
@@ -154,6 +157,14 @@ pub async fn charge(
     };
     idempotency::record(&mut tx, key, &response).await?;
     tx.commit().await.map_err(db::status)?;
+    let outcome = if status == PaymentStatus::Captured {
+        "captured"
+    } else {
+        "declined"
+    };
+    CHARGES
+        .with_label_values(&[version.as_str(), outcome])
+        .inc();
     Ok(response)
 }
 
@@ -241,5 +252,8 @@ pub async fn refund(
     };
     idempotency::record(&mut tx, key, &response).await?;
     tx.commit().await.map_err(db::status)?;
+    if now > 0 {
+        REFUNDS.inc();
+    }
     Ok(response)
 }

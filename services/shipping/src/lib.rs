@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod metrics;
 mod store;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Serves the shipping API until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    metrics::init();
     let pool = Ready::default();
     let mut host = Host::bind(settings).await?;
     let max_message = host.settings().server.max_message_bytes;

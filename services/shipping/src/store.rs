@@ -10,6 +10,8 @@ use sqlx::{PgConnection, PgPool};
 use tonic::Status;
 use uuid::Uuid;
 
+use crate::metrics::LABELS;
+
 #[derive(sqlx::FromRow)]
 struct LabelRow {
     label_id: Uuid,
@@ -116,6 +118,7 @@ pub async fn create(
     };
     idempotency::record(&mut tx, key, &response).await?;
     tx.commit().await.map_err(db::status)?;
+    LABELS.with_label_values(&["created"]).inc();
     Ok(response)
 }
 
@@ -164,5 +167,8 @@ pub async fn cancel(
     };
     idempotency::record(&mut tx, key, &response).await?;
     tx.commit().await.map_err(db::status)?;
+    if cancelled {
+        LABELS.with_label_values(&["cancelled"]).inc();
+    }
     Ok(response)
 }

@@ -30,7 +30,6 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, service::interceptor::InterceptedService, transport::Channel};
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::{
@@ -80,7 +79,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     ordermesh::nats::consume(
-        "saga steps",
+        "saga_steps",
         consumer,
         concurrency,
         shutdown,
@@ -117,14 +116,13 @@ impl Worker {
                 return;
             }
         };
-        let (context, parent) = ordermesh::context::from_message_headers(message.headers.as_ref());
         let span = tracing::info_span!(
             "saga.step",
             order_id = %step_message.order_id,
             step = step_message.step.name(),
             attempt = delivered,
         );
-        let _ = span.set_parent(parent);
+        let context = ordermesh::context::adopt_message(&span, message.headers.as_ref());
         let work = context.scope(self.execute(&step_message).instrument(span.clone()));
         let result = with_progress(&message, work).await;
         let _enter = span.enter();
@@ -422,7 +420,7 @@ pub async fn run_timeouts(
     consumer: PullConsumer,
     shutdown: CancellationToken,
 ) {
-    ordermesh::nats::consume("saga timeouts", consumer, 16, shutdown, move |message| {
+    ordermesh::nats::consume("saga_timeouts", consumer, 16, shutdown, move |message| {
         let worker = worker.clone();
         async move { worker.fire(message).await }
     })

@@ -3,6 +3,7 @@
 //! that persist each outcome ([`state`]) and the workers that run steps and timeouts
 //! ([`executor`]).
 
+pub mod census;
 pub mod definition;
 pub mod executor;
 pub mod messages;

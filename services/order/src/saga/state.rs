@@ -84,10 +84,25 @@ pub enum Outcome {
     Succeeded(Option<OrderEvent>),
     /// The callee said no (declined, out of stock): nothing happened.
     Rejected(String),
-    /// Retries ran out or the saga was cancelled mid-step: whether it happened is unknown.
+    /// Retries ran out: whether it happened is unknown.
     GaveUp(String),
+    /// CancelOrder stopped the saga mid-step: whether the step happened is unknown.
+    Cancelled(String),
     /// The step's deadline passed: whether it happened is unknown.
     TimedOut(String),
+}
+
+impl Outcome {
+    /// The outcome's class as a bounded metric label (`None` for success).
+    fn failure_kind(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Succeeded(_) => None,
+            Outcome::Rejected(_) => Some("rejected"),
+            Outcome::GaveUp(_) => Some("gave_up"),
+            Outcome::TimedOut(_) => Some("timed_out"),
+            Outcome::Cancelled(_) => Some("cancelled"),
+        }
+    }
 }
 
 /// Creates the saga inside CreateOrder's transaction and queues its first step.
@@ -248,6 +263,7 @@ pub async fn advance(
     }
     let compensation = step.spec().compensation;
     let timed_out = matches!(outcome, Outcome::TimedOut(_));
+    let failure_kind = outcome.failure_kind();
     if saga.phase == "parked" {
         if timed_out {
             return Ok(false); // an operator owns a parked saga
@@ -278,7 +294,7 @@ pub async fn advance(
         (false, failure) => {
             let (reason, effect_unknown) = match failure {
                 Outcome::Rejected(r) => (r, false),
-                Outcome::GaveUp(r) | Outcome::TimedOut(r) => (r, true),
+                Outcome::GaveUp(r) | Outcome::TimedOut(r) | Outcome::Cancelled(r) => (r, true),
                 Outcome::Succeeded(_) => unreachable_outcome()?,
             };
             finish(&mut tx, order_id, step, "failed", &reason).await?;
@@ -312,7 +328,8 @@ pub async fn advance(
                 next = Some(saga.pending.remove(0));
             }
         }
-        (true, Outcome::TimedOut(_)) => return Ok(false),
+        // Compensations run to the end: a late deadline or a cancel request changes nothing.
+        (true, Outcome::TimedOut(_) | Outcome::Cancelled(_)) => return Ok(false),
         (true, Outcome::Rejected(reason) | Outcome::GaveUp(reason)) => {
             finish(&mut tx, order_id, step, "failed", &reason).await?;
             let reason = format!("compensation {} could not finish: {reason}", step.name());
@@ -386,6 +403,7 @@ pub async fn advance(
     record_metrics(
         step,
         timed_out,
+        failure_kind,
         &events,
         saga.phase == "done" || saga.phase == "parked" && !events.is_empty(),
         row.created_at,
@@ -397,6 +415,7 @@ pub async fn advance(
 fn record_metrics(
     step: Step,
     timed_out: bool,
+    failure_kind: Option<&str>,
     events: &[OrderEvent],
     terminal: bool,
     created_at: chrono::DateTime<Utc>,
@@ -409,9 +428,10 @@ fn record_metrics(
         match event {
             OrderEvent::CompensationStarted { failed_step, .. } => {
                 SAGA_FAILED
-                    .with_label_values(
-                        &[Step::from_name(failed_step).map_or("unknown", Step::name)],
-                    )
+                    .with_label_values(&[
+                        Step::from_name(failed_step).map_or("unknown", Step::name),
+                        failure_kind.unwrap_or("unknown"),
+                    ])
                     .inc();
             }
             OrderEvent::Compensated { .. } => {

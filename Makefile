@@ -21,7 +21,7 @@ build:
 	$(CARGO) build --workspace --bins
 
 up: infra build-release
-	source .ordermesh/infra.env && ./target/release/ordermesh up --demo
+	source .ordermesh/infra.env && ./target/release/ordermesh up --demo --prometheus
 
 lint:
 	$(CARGO) fmt --all -- --check

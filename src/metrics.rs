@@ -156,6 +156,19 @@ pub fn known_methods(descriptor_sets: &[&[u8]]) -> HashSet<String> {
     known
 }
 
+/// Creates the OK-count and latency series of every method of `services` at zero, so the first
+/// calls after a start show up in `rate()` (Prometheus cannot tell how a series that appears
+/// with a value got there) and dashboards show idle methods as 0 rather than "no data".
+pub fn init_rpc_series(known: &HashSet<String>, services: &[&str]) {
+    for path in known {
+        let (service, method) = labels(known, path);
+        if services.contains(&service.as_str()) {
+            RPC_REQUESTS.with_label_values(&[&service, &method, "Ok"]);
+            RPC_DURATION.with_label_values(&[&service, &method]);
+        }
+    }
+}
+
 /// Server middleware recording RED metrics per RPC.
 #[derive(Debug, Clone)]
 pub struct RpcMetricsLayer {

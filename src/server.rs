@@ -207,6 +207,7 @@ impl Host {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         metrics::READY.set(0);
+        metrics::IDEMPOTENT_REPLAYS.get();
 
         // grpcurl before 1.9 and many tools still speak only the v1alpha reflection protocol.
         routes.add_service(
@@ -225,6 +226,7 @@ impl Host {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ]);
+        metrics::init_rpc_series(&known, &names);
 
         let (ready_tx, ready_rx) = watch::channel(false);
         let stop_accepting = CancellationToken::new();

@@ -8,6 +8,7 @@ mod load;
 mod order;
 pub(crate) mod output;
 mod projections;
+pub mod prometheus;
 mod saga;
 mod up;
 

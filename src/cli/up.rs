@@ -46,6 +46,13 @@ pub struct UpArgs {
     /// Seconds to wait for every service to report SERVING.
     #[arg(long, default_value_t = 60)]
     ready_timeout: u64,
+    /// Also start a local Prometheus (Debian's `prometheus`) scraping every service and
+    /// evaluating prometheus/alerts.yml; its data lives in .ordermesh/prometheus.
+    #[arg(long)]
+    prometheus: bool,
+    /// Where the local Prometheus listens (not 9090, which a distribution's own service may hold).
+    #[arg(long, default_value = "127.0.0.1:9190")]
+    prometheus_addr: String,
 }
 
 struct Running {
@@ -134,6 +141,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             r.admin
         );
     }
+    let _prometheus = if args.prometheus {
+        match start_prometheus(&args, &running) {
+            Ok(child) => {
+                println!(
+                    "  {:<13} http://{}/graph  (rules: {})",
+                    "prometheus",
+                    args.prometheus_addr,
+                    super::prometheus::RULES
+                );
+                Some(child)
+            }
+            Err(error) => {
+                eprintln!("  prometheus not started: {error:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     println!(
         "\n  try: grpcurl -plaintext {} list\n  Ctrl-C stops everything.\n",
         running[running.len() - 1].grpc
@@ -167,6 +193,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some((service, _)) => bail!("{service} stopped unexpectedly"),
         None => Ok(()),
     }
+}
+
+/// Starts the local Prometheus over the running instances' admin ports.
+fn start_prometheus(args: &UpArgs, running: &[Running]) -> anyhow::Result<Child> {
+    let targets: Vec<(ServiceName, String)> = running
+        .iter()
+        .map(|r| (r.service, r.admin.clone()))
+        .collect();
+    let rules = Path::new(super::prometheus::RULES);
+    let rule_files = match rules.canonicalize() {
+        Ok(path) => vec![path],
+        Err(_) => {
+            eprintln!(
+                "  {} not found in the current directory; Prometheus runs without alert rules",
+                rules.display()
+            );
+            Vec::new()
+        }
+    };
+    let config = super::prometheus::config(&targets, &rule_files, "5s");
+    super::prometheus::spawn(
+        Path::new(".ordermesh/prometheus"),
+        &args.prometheus_addr,
+        &config,
+        true,
+    )
 }
 
 async fn prefix_lines(service: ServiceName, stream: impl AsyncRead + Unpin) {

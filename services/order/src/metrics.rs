@@ -78,4 +78,9 @@ pub fn init() {
     DEAD_LETTERS.with_label_values(&["undecodable"]);
     SAGA_STARTED.get();
     SAGA_COMPLETED.get();
+    SAGA_DURATION.get_sample_count();
+    STEP_DELIVERY_WAIT.get_sample_count();
+    OUTBOX_PUBLISHED.get();
+    OUTBOX_BACKLOG.get();
+    OUTBOX_OLDEST_AGE.get();
 }

@@ -3,18 +3,14 @@
 //! every few seconds by each instance (they all report the same database-wide figures, so
 //! dashboards take `max` across instances, not `sum`).
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use async_nats::jetstream;
-use ordermesh::metrics::{replace_gauges, sample_every};
+use ordermesh::metrics::sample_every;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::messages::Names;
+use super::{definition::TABLE, messages::Names};
 use crate::metrics::{DEAD_LETTERS_PENDING, SAGA_STALEST_AGE, SAGAS_ACTIVE};
 
 /// How often the census runs.
@@ -27,13 +23,11 @@ pub async fn run(
     names: Names,
     shutdown: CancellationToken,
 ) {
-    let seen = Arc::new(Mutex::new(HashSet::new()));
     let dead_letters = names.dead_letter_stream();
     sample_every("saga census", PERIOD, shutdown, move || {
         let pool = pool.clone();
         let jetstream = jetstream.clone();
         let dead_letters = dead_letters.clone();
-        let seen = seen.clone();
         async move {
             let rows: Vec<(String, String, i64)> = sqlx::query_as(
                 "SELECT phase, coalesce(current_step, ''), count(*) FROM sagas
@@ -41,15 +35,7 @@ pub async fn run(
             )
             .fetch_all(&pool)
             .await?;
-            {
-                let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                replace_gauges(
-                    &SAGAS_ACTIVE,
-                    &mut seen,
-                    rows.into_iter()
-                        .map(|(phase, step, count)| (vec![phase, step], count)),
-                );
-            }
+            set_sagas_active(rows);
             let stalest: f64 = sqlx::query_scalar(
                 "SELECT coalesce(extract(epoch FROM now() - min(updated_at))::float8, 0) FROM sagas
                  WHERE phase <> 'done' AND phase <> 'parked'",
@@ -64,4 +50,26 @@ pub async fn run(
         }
     })
     .await;
+}
+
+/// Sets every (phase, step) the transition table allows, 0 where no saga is, so a state that
+/// empties reads 0 rather than keeping its last count (the label set is bounded by the table).
+fn set_sagas_active(rows: Vec<(String, String, i64)>) {
+    let mut counts: HashMap<(String, String), i64> = HashMap::new();
+    for spec in TABLE {
+        let phase = if spec.compensation {
+            "compensating"
+        } else {
+            "forward"
+        };
+        for phase in [phase, "parked"] {
+            counts.insert((phase.to_string(), spec.step.name().to_string()), 0);
+        }
+    }
+    for (phase, step, count) in rows {
+        counts.insert((phase, step), count);
+    }
+    for ((phase, step), count) in counts {
+        SAGAS_ACTIVE.with_label_values(&[&phase, &step]).set(count);
+    }
 }

@@ -121,7 +121,20 @@ pub fn adopt_message(span: &tracing::Span, headers: Option<&async_nats::HeaderMa
     let (context, parent) = from_message_headers(headers);
     // Fails only when the span is disabled (filtered out); then there is nothing to link.
     let _ = span.set_parent(parent);
+    record_trace_id(span);
     context
+}
+
+/// Records the span's OpenTelemetry trace id in its `trace_id` field (declared
+/// `trace_id = tracing::field::Empty`), so every log line inside it carries the id
+/// (see `telemetry`'s JSON format) and logs can be joined with traces.
+pub fn record_trace_id(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string());
+    }
 }
 
 /// The context and trace parent carried by a message's headers (see [`message_headers`]).
@@ -241,8 +254,10 @@ where
             otel.kind = "server",
             rpc.method = %request.uri().path(),
             request_id = %context.request_id,
+            trace_id = tracing::field::Empty,
         );
         let _ = span.set_parent(extract_trace_context(request.headers()));
+        record_trace_id(&span);
         Box::pin(context.scope(async move { inner.call(request).await }.instrument(span)))
     }
 }

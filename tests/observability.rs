@@ -618,5 +618,20 @@ async fn one_order_is_one_trace_across_every_service_and_the_jetstream_hops() {
             .any(|s| s.service == "ordermesh-notification" && s.name == "notification.record"),
         "no notification.record span in the trace"
     );
+
+    // Log lines of the order's processing carry its trace id, on both sides of JetStream.
+    for (service, message) in [
+        (ServiceName::Order, "order accepted"),
+        (ServiceName::Payment, "charge processed"),
+        (ServiceName::Notification, "notification sent"),
+    ] {
+        let logs = mesh.get(service).log_text();
+        let line = logs
+            .lines()
+            .find(|l| l.contains(&format!("\"message\":\"{message}\"")))
+            .unwrap_or_else(|| panic!("{service} did not log {message:?}:\n{logs}"));
+        let parsed: Value = serde_json::from_str(line).expect("JSON log line");
+        assert_eq!(parsed["trace_id"], trace_id.as_str(), "{service}: {line}");
+    }
     server.abort();
 }

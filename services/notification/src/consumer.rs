@@ -43,6 +43,7 @@ async fn handle(pool: &PgPool, message: async_nats::jetstream::Message) {
         "notification.record",
         order_id = %event.order_id,
         kind = ?event.kind,
+        trace_id = tracing::field::Empty,
     );
     let context = ordermesh::context::adopt_message(&span, message.headers.as_ref());
     let recorded = context

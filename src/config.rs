@@ -340,6 +340,44 @@ pub fn extract_section<T: Serialize + DeserializeOwned>(
         .map_err(|e| describe(e, &prefix))
 }
 
+/// The environment variables a settings value is read from: `prefix` + its field path in upper
+/// case joined by `__` (`ORDERMESH_` + `database.max_connections` →
+/// `ORDERMESH_DATABASE__MAX_CONNECTIONS`). Lets manifests be checked against what is really read.
+pub fn variables(prefix: &str, defaults: &impl Serialize) -> std::collections::BTreeSet<String> {
+    fn walk(path: String, value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (key, value) in fields {
+                    let key = key.to_uppercase();
+                    let next = if path.is_empty() {
+                        key
+                    } else {
+                        format!("{path}__{key}")
+                    };
+                    walk(next, value, out);
+                }
+            }
+            _ => {
+                out.insert(path);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    if let Ok(value) = serde_json::to_value(defaults) {
+        walk(String::new(), &value, &mut out);
+    }
+    out.into_iter().map(|v| format!("{prefix}{v}")).collect()
+}
+
+impl Settings {
+    /// Every `ORDERMESH_*` variable the platform settings read (service sections not included).
+    pub fn variables() -> std::collections::BTreeSet<String> {
+        let mut all = variables("ORDERMESH_", &Settings::defaults(ServiceName::Order));
+        all.remove("ORDERMESH_SERVICE");
+        all
+    }
+}
+
 /// Turns a figment error into one line per problem that names the environment variable
 /// (`ORDERMESH_DATABASE__MAX_CONNECTIONS: invalid type ...`) and says what was wrong.
 fn describe(error: figment::Error, prefix: &str) -> ConfigError {

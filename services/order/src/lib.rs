@@ -62,16 +62,25 @@ pub struct SagaSettings {
     pub max_deliver: i64,
 }
 
-/// Serves the order API and runs the saga until `shutdown` completes.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let saga_settings: SagaSettings = ordermesh::config::extract_section(
-        "saga",
+impl SagaSettings {
+    /// The environment section: `ORDERMESH_SAGA__*`.
+    pub const SECTION: &str = "saga";
+}
+
+impl Default for SagaSettings {
+    fn default() -> SagaSettings {
         SagaSettings {
             timeouts: Timeouts::default(),
             concurrency: 64,
             max_deliver: 12,
-        },
-    )?;
+        }
+    }
+}
+
+/// Serves the order API and runs the saga until `shutdown` completes.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let saga_settings: SagaSettings =
+        ordermesh::config::extract_section(SagaSettings::SECTION, SagaSettings::default())?;
     metrics::init();
     let deps = Ready::default();
     let mut host = Host::bind(settings).await?;

@@ -27,14 +27,23 @@ pub struct PaymentSettings {
     pub version: Version,
 }
 
-/// Serves the payment API until `shutdown` completes.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let payment: PaymentSettings = ordermesh::config::extract_section(
-        "payment",
+impl PaymentSettings {
+    /// The environment section: `ORDERMESH_PAYMENT__*`.
+    pub const SECTION: &str = "payment";
+}
+
+impl Default for PaymentSettings {
+    fn default() -> PaymentSettings {
         PaymentSettings {
             version: Version::V1,
-        },
-    )?;
+        }
+    }
+}
+
+/// Serves the payment API until `shutdown` completes.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let payment: PaymentSettings =
+        ordermesh::config::extract_section(PaymentSettings::SECTION, PaymentSettings::default())?;
     metrics::init(payment.version);
     let pool = Ready::default();
     let mut host = Host::bind(settings).await?;

@@ -21,18 +21,39 @@ pub struct EndpointError {
 }
 
 /// A lazily connecting channel: creating it never fails because the peer is down, calls do
-/// (with UNAVAILABLE) until it is up, and it reconnects by itself.
-pub fn channel(url: &str, settings: &ClientSettings) -> Result<Channel, EndpointError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|source| EndpointError {
-            url: url.to_string(),
-            source,
-        })?
-        .connect_timeout(settings.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+/// (with UNAVAILABLE) until it is up, and it reconnects by itself. `urls` is one URL or a
+/// comma-separated list of instances, balanced client-side (power of two choices over the
+/// least loaded) — what a Kubernetes Service and its sidecar do for one URL in the mesh.
+pub fn channel(urls: &str, settings: &ClientSettings) -> Result<Channel, EndpointError> {
+    let endpoint = |url: &str| {
+        Endpoint::from_shared(url.to_string())
+            .map_err(|source| EndpointError {
+                url: url.to_string(),
+                source,
+            })
+            .map(|e| {
+                e.connect_timeout(settings.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_while_idle(true)
+            })
+    };
+    let urls: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    match urls.as_slice() {
+        [] => Ok(endpoint("")?.connect_lazy()),
+        [one] => Ok(endpoint(one)?.connect_lazy()),
+        many => {
+            let endpoints = many
+                .iter()
+                .map(|u| endpoint(u))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Channel::balance_list(endpoints.into_iter()))
+        }
+    }
 }
 
 /// Copies the current [`CallContext`] and trace context onto each outbound request and sets its

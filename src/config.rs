@@ -165,6 +165,10 @@ pub struct Endpoints {
     pub payment: String,
     pub shipping: String,
     pub notification: String,
+    /// The payment canary (v2), for calls carrying `x-version: v2`; empty = no canary.
+    /// `ORDERMESH_ENDPOINTS__PAYMENT_CANARY`. Behind Istio the VirtualService routes instead.
+    #[serde(default)]
+    pub payment_canary: String,
 }
 
 impl Endpoints {
@@ -265,6 +269,7 @@ impl Settings {
                 payment: local(ServiceName::Payment),
                 shipping: local(ServiceName::Shipping),
                 notification: local(ServiceName::Notification),
+                payment_canary: String::new(),
             },
             client: ClientSettings {
                 timeout: Duration::from_secs(5),

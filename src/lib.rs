@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod nats;
 pub mod proto;
 pub mod ready;
+pub mod resilience;
 pub mod server;
 pub mod signal;
 pub mod startup;

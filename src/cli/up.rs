@@ -53,13 +53,77 @@ pub struct UpArgs {
     /// Where the local Prometheus listens (not 9090, which a distribution's own service may hold).
     #[arg(long, default_value = "127.0.0.1:9190")]
     prometheus_addr: String,
+    /// Instances per service (1-9). Callers balance over them client-side; instance i listens
+    /// on the base ports + 10·i.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+    replicas: u16,
+    /// Also run the payment canary (v2, `ORDERMESH_PAYMENT__VERSION=v2`, ports base + 5 + 10·i):
+    /// the order service sends calls carrying `x-version: v2` to it, as the VirtualService does.
+    #[arg(long)]
+    canary: bool,
 }
 
 struct Running {
     service: ServiceName,
+    /// `order`, `order-2`, `payment-v2`, ...: the log prefix and the name in the table.
+    label: String,
     child: Child,
     grpc: String,
     admin: String,
+}
+
+/// One process to start.
+struct Instance {
+    service: ServiceName,
+    label: String,
+    grpc: String,
+    admin: String,
+    canary: bool,
+}
+
+/// Every process of the local mesh, callees first (order last: it calls the others).
+fn instances(args: &UpArgs) -> anyhow::Result<Vec<Instance>> {
+    let port = |base: u16, offset: u16, replica: u16| {
+        base.checked_add(offset + 10 * replica).with_context(|| {
+            format!(
+                "base port {base} leaves no room for {} replicas",
+                args.replicas
+            )
+        })
+    };
+    let mut out = Vec::new();
+    let mut order = [
+        ServiceName::Inventory,
+        ServiceName::Payment,
+        ServiceName::Shipping,
+        ServiceName::Notification,
+        ServiceName::Order,
+    ]
+    .iter()
+    .map(|s| (*s, s.port_offset(), false))
+    .collect::<Vec<_>>();
+    if args.canary {
+        order.insert(2, (ServiceName::Payment, 5, true));
+    }
+    for (service, offset, canary) in order {
+        for replica in 0..args.replicas {
+            let mut label = service.as_str().to_string();
+            if canary {
+                label.push_str("-v2");
+            }
+            if replica > 0 {
+                label.push_str(&format!("#{}", replica + 1));
+            }
+            out.push(Instance {
+                service,
+                label,
+                grpc: format!("127.0.0.1:{}", port(args.grpc_base_port, offset, replica)?),
+                admin: format!("127.0.0.1:{}", port(args.admin_base_port, offset, replica)?),
+                canary,
+            });
+        }
+    }
+    Ok(out)
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -71,20 +135,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .map(Path::to_path_buf)
             .context("the ordermesh binary has no parent directory")?,
     };
-    let port = |base: u16, s: ServiceName| {
-        base.checked_add(s.port_offset())
-            .with_context(|| format!("base port {base} leaves no room for {s}"))
-    };
+    let planned = instances(&args)?;
     let mut env: HashMap<String, String> = HashMap::new();
     for s in ServiceName::ALL {
+        let urls: Vec<String> = planned
+            .iter()
+            .filter(|i| i.service == s && !i.canary)
+            .map(|i| format!("http://{}", i.grpc))
+            .collect();
         env.insert(
             format!("ORDERMESH_ENDPOINTS__{}", s.as_str().to_uppercase()),
-            format!("http://127.0.0.1:{}", port(args.grpc_base_port, s)?),
+            urls.join(","),
         );
     }
+    let canaries: Vec<String> = planned
+        .iter()
+        .filter(|i| i.canary)
+        .map(|i| format!("http://{}", i.grpc))
+        .collect();
+    env.insert(
+        "ORDERMESH_ENDPOINTS__PAYMENT_CANARY".into(),
+        canaries.join(","),
+    );
 
     let mut running: Vec<Running> = Vec::new();
-    for s in ServiceName::ALL {
+    for instance in planned {
+        let s = instance.service;
         let binary = bin_dir.join(format!("ordermesh-{s}"));
         if !binary.is_file() {
             stop_all(&mut running).await;
@@ -93,17 +169,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 binary.display()
             );
         }
-        let grpc = format!("127.0.0.1:{}", port(args.grpc_base_port, s)?);
-        let admin = format!("127.0.0.1:{}", port(args.admin_base_port, s)?);
         let mut command = Command::new(&binary);
         command
             .envs(&env)
-            .env("ORDERMESH_GRPC_ADDR", &grpc)
-            .env("ORDERMESH_ADMIN_ADDR", &admin)
+            .env("ORDERMESH_GRPC_ADDR", &instance.grpc)
+            .env("ORDERMESH_ADMIN_ADDR", &instance.admin)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if instance.canary {
+            command.env("ORDERMESH_PAYMENT__VERSION", "v2");
+        }
         if std::env::var_os("ORDERMESH_LOG__FORMAT").is_none() {
             command.env("ORDERMESH_LOG__FORMAT", "pretty");
         }
@@ -111,16 +188,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(prefix_lines(s, out));
+            tokio::spawn(prefix_lines(instance.label.clone(), out));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(prefix_lines(s, err));
+            tokio::spawn(prefix_lines(instance.label.clone(), err));
         }
         running.push(Running {
             service: s,
+            label: instance.label,
             child,
-            grpc,
-            admin,
+            grpc: instance.grpc,
+            admin: instance.admin,
         });
     }
 
@@ -128,7 +206,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         stop_all(&mut running).await;
         return Err(error);
     }
-    println!("\nordermesh is up ({} services SERVING)\n", running.len());
+    println!("\nordermesh is up ({} processes SERVING)\n", running.len());
     println!(
         "  {:<13} {:<22} {:<22}",
         "service", "gRPC", "admin (health, metrics)"
@@ -136,9 +214,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for r in &running {
         println!(
             "  {:<13} {:<22} http://{}/metrics",
-            r.service.as_str(),
-            r.grpc,
-            r.admin
+            r.label, r.grpc, r.admin
         );
     }
     let _prometheus = if args.prometheus {
@@ -167,14 +243,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     if args.demo {
         let endpoints = Endpoints {
-            order_endpoint: format!(
-                "http://127.0.0.1:{}",
-                port(args.grpc_base_port, ServiceName::Order)?
-            ),
-            inventory_endpoint: format!(
-                "http://127.0.0.1:{}",
-                port(args.grpc_base_port, ServiceName::Inventory)?
-            ),
+            order_endpoint: env["ORDERMESH_ENDPOINTS__ORDER"].clone(),
+            inventory_endpoint: env["ORDERMESH_ENDPOINTS__INVENTORY"].clone(),
         };
         if let Err(error) = demo(&endpoints).await {
             eprintln!("demo failed: {error:#}");
@@ -221,10 +291,10 @@ fn start_prometheus(args: &UpArgs, running: &[Running]) -> anyhow::Result<Child>
     )
 }
 
-async fn prefix_lines(service: ServiceName, stream: impl AsyncRead + Unpin) {
+async fn prefix_lines(label: String, stream: impl AsyncRead + Unpin) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        println!("{:>12} | {line}", service.as_str());
+        println!("{label:>12} | {line}");
     }
 }
 
@@ -295,9 +365,9 @@ async fn stop_all(running: &mut Vec<Running>) {
     for r in running.iter_mut().rev() {
         match tokio::time::timeout(Duration::from_secs(30), r.child.wait()).await {
             Ok(Ok(status)) if status.success() => {}
-            Ok(Ok(status)) => eprintln!("{} exited with {status}", r.service),
+            Ok(Ok(status)) => eprintln!("{} exited with {status}", r.label),
             _ => {
-                eprintln!("{} did not stop within 30 s; killing it", r.service);
+                eprintln!("{} did not stop within 30 s; killing it", r.label);
                 let _ = r.child.kill().await;
             }
         }

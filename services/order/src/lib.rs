@@ -28,6 +28,7 @@ use ordermesh::{
         shipping::shipping_service_client::ShippingServiceClient,
     },
     ready::Ready,
+    resilience::Policy,
     server::Host,
     startup::retry,
 };
@@ -35,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use saga::{
     definition::Timeouts,
-    executor::{self, Callees, Worker},
+    executor::{self, Callees, Policies, Worker},
     messages::Names,
     state::SagaContext,
 };
@@ -138,6 +139,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         let channel = |s: ServiceName| {
             client::channel(settings.endpoints.of(s), &settings.client).context("service endpoint")
         };
+        let canary = &settings.endpoints.payment_canary;
+        let payment_canary = if canary.is_empty() {
+            None
+        } else {
+            let channel =
+                client::channel(canary, &settings.client).context("payment canary endpoint")?;
+            Some(PaymentServiceClient::with_interceptor(
+                channel,
+                propagate.clone(),
+            ))
+        };
+        let mesh = settings.mesh;
         let callees = Callees {
             inventory: InventoryServiceClient::with_interceptor(
                 channel(ServiceName::Inventory)?,
@@ -147,10 +160,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                 channel(ServiceName::Payment)?,
                 propagate.clone(),
             ),
+            payment_canary,
             shipping: ShippingServiceClient::with_interceptor(
                 channel(ServiceName::Shipping)?,
                 propagate,
             ),
+            policy: Policies {
+                inventory: Policy::new("inventory", mesh),
+                payment: Policy::new("payment", mesh),
+                shipping: Policy::new("shipping", mesh),
+            },
         };
         let cache = ordermesh::cache::Cache::connect(&settings.redis, &settings.namespace);
         let changes = changes::Changes::new(nats.client.clone(), &settings.namespace);

@@ -25,6 +25,7 @@ use ordermesh::{
             CancelLabelRequest, CreateLabelRequest, shipping_service_client::ShippingServiceClient,
         },
     },
+    resilience::Policy,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +47,50 @@ type Traced = InterceptedService<Channel, Propagate>;
 pub struct Callees {
     pub inventory: InventoryServiceClient<Traced>,
     pub payment: PaymentServiceClient<Traced>,
+    /// The payment canary, for calls whose request carries `x-version: v2` (as the payment
+    /// VirtualService routes them); `None` sends everything to `payment`.
+    pub payment_canary: Option<PaymentServiceClient<Traced>>,
     pub shipping: ShippingServiceClient<Traced>,
+    /// The call policy per upstream (retries, limits, ejection; a single attempt behind Istio).
+    pub policy: Policies,
+}
+
+/// One [`Policy`] per upstream.
+#[derive(Clone)]
+pub struct Policies {
+    pub inventory: Policy,
+    pub payment: Policy,
+    pub shipping: Policy,
+}
+
+impl Callees {
+    /// The payment client for the current call: the canary for `x-version: v2`, if there is one.
+    fn payment(&self) -> PaymentServiceClient<Traced> {
+        let wants_canary = ordermesh::context::CallContext::current()
+            .is_some_and(|c| c.version.as_deref() == Some("v2"));
+        match (&self.payment_canary, wants_canary) {
+            (Some(canary), true) => canary.clone(),
+            _ => self.payment.clone(),
+        }
+    }
+}
+
+/// `$callees.$client.$method(request)` under the upstream's [`Policy`]: each attempt gets a clone
+/// of the client and of the request.
+macro_rules! call {
+    ($callees:expr, $policy:ident, $client:expr, $method:ident, $request:expr) => {{
+        let request = $request;
+        let client = $client;
+        $callees
+            .policy
+            .$policy
+            .run(|| {
+                let mut client = client.clone();
+                let request = request.clone();
+                async move { client.$method(request).await }
+            })
+            .await
+    }};
 }
 
 /// What step handlers share.
@@ -215,7 +259,7 @@ impl Worker {
                     order_id,
                     lines,
                 };
-                let r = classify(c.inventory.clone().reserve(request).await)?;
+                let r = classify(call!(c, inventory, c.inventory.clone(), reserve, request))?;
                 Ok(match r {
                     Err(reason) => Outcome::Rejected(reason),
                     Ok(r) if r.outcome() == ReserveOutcome::Reserved => {
@@ -257,21 +301,23 @@ impl Worker {
                     payment_token: token.into(),
                     customer_id: order.customer_id.clone(),
                 };
-                Ok(match classify(c.payment.clone().charge(request).await)? {
-                    Err(reason) => Outcome::Rejected(reason),
-                    Ok(r) => match r.payment {
-                        Some(p) if p.status() == PaymentStatus::Captured => {
-                            Outcome::Succeeded(Some(OrderEvent::PaymentCaptured {
-                                payment_id: p.payment_id,
-                                processor_version: p.processor_version,
-                            }))
-                        }
-                        Some(p) => {
-                            Outcome::Rejected(format!("payment declined: {}", p.decline_reason))
-                        }
-                        None => Outcome::Rejected("payment service returned no payment".into()),
+                Ok(
+                    match classify(call!(c, payment, c.payment(), charge, request))? {
+                        Err(reason) => Outcome::Rejected(reason),
+                        Ok(r) => match r.payment {
+                            Some(p) if p.status() == PaymentStatus::Captured => {
+                                Outcome::Succeeded(Some(OrderEvent::PaymentCaptured {
+                                    payment_id: p.payment_id,
+                                    processor_version: p.processor_version,
+                                }))
+                            }
+                            Some(p) => {
+                                Outcome::Rejected(format!("payment declined: {}", p.decline_reason))
+                            }
+                            None => Outcome::Rejected("payment service returned no payment".into()),
+                        },
                     },
-                })
+                )
             }
             Step::CreateShippingLabel => {
                 let method = ShippingMethod::from_str_name(&order.shipping_method)
@@ -289,7 +335,13 @@ impl Worker {
                     units: order.lines.0.iter().map(|l| l.quantity).sum(),
                 };
                 Ok(
-                    match classify(c.shipping.clone().create_label(request).await)? {
+                    match classify(call!(
+                        c,
+                        shipping,
+                        c.shipping.clone(),
+                        create_label,
+                        request
+                    ))? {
                         Err(reason) => Outcome::Rejected(reason),
                         Ok(r) => Outcome::Succeeded(Some(OrderEvent::LabelCreated {
                             tracking_number: r.label.map(|l| l.tracking_number).unwrap_or_default(),
@@ -302,10 +354,12 @@ impl Worker {
                     idempotency_key: key.into(),
                     order_id,
                 };
-                Ok(match classify(c.inventory.clone().commit(request).await)? {
-                    Err(reason) => Outcome::Rejected(reason),
-                    Ok(_) => Outcome::Succeeded(None),
-                })
+                Ok(
+                    match classify(call!(c, inventory, c.inventory.clone(), commit, request))? {
+                        Err(reason) => Outcome::Rejected(reason),
+                        Ok(_) => Outcome::Succeeded(None),
+                    },
+                )
             }
             Step::ReleaseInventory => {
                 let request = ReleaseRequest {
@@ -313,7 +367,13 @@ impl Worker {
                     order_id,
                     reason: reason.into(),
                 };
-                compensated(classify(c.inventory.clone().release(request).await)?)
+                compensated(classify(call!(
+                    c,
+                    inventory,
+                    c.inventory.clone(),
+                    release,
+                    request
+                ))?)
             }
             Step::RefundPayment => {
                 let request = RefundRequest {
@@ -322,7 +382,7 @@ impl Worker {
                     amount: None,
                     reason: reason.into(),
                 };
-                compensated(classify(c.payment.clone().refund(request).await)?)
+                compensated(classify(call!(c, payment, c.payment(), refund, request))?)
             }
             Step::CancelLabel => {
                 let request = CancelLabelRequest {
@@ -330,7 +390,13 @@ impl Worker {
                     order_id,
                     reason: reason.into(),
                 };
-                compensated(classify(c.shipping.clone().cancel_label(request).await)?)
+                compensated(classify(call!(
+                    c,
+                    shipping,
+                    c.shipping.clone(),
+                    cancel_label,
+                    request
+                ))?)
             }
         }
     }

@@ -31,6 +31,29 @@ use crate::{
     metrics::{self, RpcMetricsLayer},
 };
 
+/// The health check name that reports SERVING for as long as the process answers gRPC at all:
+/// for liveness probes, which must not fail (and restart the pod) while a dependency is down
+/// — readiness (the service's own name, or `""`) says that.
+pub const LIVENESS: &str = "liveness";
+
+/// Binds a listening socket. An explicit port is bound with SO_REUSEPORT, so a replacement
+/// process can bind the same port before the old one stops (a zero-downtime restart on one
+/// host: the kernel spreads new connections over both until the old one closes its socket).
+/// Port 0 never shares: the kernel picks a port nobody uses.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if addr.port() != 0 {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// A bound, not yet serving, service process.
 pub struct Host {
     settings: Settings,
@@ -73,25 +96,24 @@ impl Background {
 impl Host {
     /// Binds the gRPC and admin ports and logs `listening` with both addresses (tests read it).
     pub async fn bind(settings: Settings) -> anyhow::Result<Host> {
-        let grpc_listener = TcpListener::bind(settings.grpc_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "binding gRPC port {} (ORDERMESH_GRPC_ADDR)",
-                    settings.grpc_addr
-                )
-            })?;
-        let admin_listener = TcpListener::bind(settings.admin_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "binding admin port {} (ORDERMESH_ADMIN_ADDR)",
-                    settings.admin_addr
-                )
-            })?;
+        let grpc_listener = listen(settings.grpc_addr).with_context(|| {
+            format!(
+                "binding gRPC port {} (ORDERMESH_GRPC_ADDR)",
+                settings.grpc_addr
+            )
+        })?;
+        let admin_listener = listen(settings.admin_addr).with_context(|| {
+            format!(
+                "binding admin port {} (ORDERMESH_ADMIN_ADDR)",
+                settings.admin_addr
+            )
+        })?;
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);

@@ -148,6 +148,11 @@ async fn a_service_started_before_postgres_and_nats_waits_not_serving_then_serve
     let _pg = Forwarder::start(pg_port, "127.0.0.1:5432".parse().expect("addr")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(order.health().await, Some(ServingStatus::NotServing));
+    // Not ready, but alive: a liveness probe must not restart it while NATS is down.
+    assert_eq!(
+        order.health_of(ordermesh::server::LIVENESS).await,
+        Some(ServingStatus::Serving)
+    );
 
     let nats: SocketAddr = nats_url()
         .trim_start_matches("nats://")

@@ -238,12 +238,21 @@ fn rendered_objects_agree_with_each_other_and_with_the_binaries() {
                     "{overlay}: {app} {probe}"
                 );
                 let service = grpc["service"].as_str().unwrap_or_default();
-                assert!(
-                    service.is_empty()
-                        || (contracts.contains(service)
-                            && service.starts_with(&format!("ordermesh.{app}.v1."))),
-                    "{overlay}: {app} {probe} asks for health of {service:?}, which it does not serve"
-                );
+                if probe == "livenessProbe" {
+                    // Liveness must not follow dependencies (a database outage would restart
+                    // every pod): the process-only health name.
+                    assert_eq!(
+                        service,
+                        ordermesh::server::LIVENESS,
+                        "{overlay}: {app} liveness"
+                    );
+                } else {
+                    assert!(
+                        contracts.contains(service)
+                            && service.starts_with(&format!("ordermesh.{app}.v1.")),
+                        "{overlay}: {app} {probe} asks for health of {service:?}, which it does not serve"
+                    );
+                }
             }
             // preStop + the service's own shutdown delay + drain fit in the grace period.
             let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]

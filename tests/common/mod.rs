@@ -281,6 +281,11 @@ impl ServiceProcess {
 
     /// The gRPC health status of the whole server ("" service), or None if unreachable.
     pub async fn health(&self) -> Option<ServingStatus> {
+        self.health_of("").await
+    }
+
+    /// gRPC health of one check name (`""`, a contract service, `liveness`).
+    pub async fn health_of(&self, service: &str) -> Option<ServingStatus> {
         let channel = Channel::from_shared(self.url())
             .ok()?
             .connect_timeout(Duration::from_secs(1))
@@ -288,7 +293,7 @@ impl ServiceProcess {
             .await
             .ok()?;
         let mut request = tonic::Request::new(HealthCheckRequest {
-            service: String::new(),
+            service: service.to_string(),
         });
         request.set_timeout(Duration::from_secs(2));
         let response = HealthClient::new(channel).check(request).await.ok()?;

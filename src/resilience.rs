@@ -44,6 +44,14 @@ pub fn is_retryable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::ResourceExhausted)
 }
 
+/// A call that failed because its connection broke (`reset` in `retryOn`): tonic reports it as
+/// UNKNOWN with the transport error as source. The request may have run, so this is retried
+/// only because every callee is idempotent by key.
+pub fn is_reset(status: &Status) -> bool {
+    std::error::Error::source(status)
+        .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
+}
+
 /// The codes outlier detection counts (the 5xx and gateway errors of gRPC).
 pub fn is_upstream_failure(code: Code) -> bool {
     matches!(
@@ -132,7 +140,9 @@ impl Policy {
                 Err(_) => local.breaker.success(),
             }
             let retry = match &result {
-                Err(status) if is_retryable(status.code()) && tries < ATTEMPTS => {
+                Err(status)
+                    if (is_retryable(status.code()) || is_reset(status)) && tries < ATTEMPTS =>
+                {
                     if local.budget.withdraw() {
                         true
                     } else {

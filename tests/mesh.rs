@@ -260,10 +260,10 @@ async fn a_rolling_restart_of_every_instance_loses_no_call_and_no_order() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // kubectl rollout restart, one instance at a time: start the new one, then SIGTERM the old.
-    for index in 0..running.len() {
-        let (s, i) = (running[index].0, running[index].1);
+    for (s, i, process) in running.iter_mut() {
+        let (s, i) = (*s, *i);
         let replacement = spawn(s, i).await;
-        let mut old = std::mem::replace(&mut running[index].2, replacement);
+        let mut old = std::mem::replace(process, replacement);
         old.signal(Signal::SIGTERM);
         assert_eq!(
             old.wait_exit(Duration::from_secs(30)).await,

@@ -18,7 +18,7 @@ rules = yaml.safe_load((root / "prometheus/alerts.yml").read_text())
 resource = {
     "apiVersion": "monitoring.coreos.com/v1",
     "kind": "PrometheusRule",
-    "metadata": {"name": "ordermesh", "labels": {"app.kubernetes.io/part-of": "ordermesh"}},
+    "metadata": {"name": "ordermesh", "namespace": "ordermesh", "labels": {"app.kubernetes.io/part-of": "ordermesh"}},
     "spec": rules,
 }
 header = "# Generated from prometheus/alerts.yml by scripts/prometheus-rule.py; do not edit by hand.\n"

@@ -84,7 +84,7 @@ fn up_starts_the_mesh_places_a_demo_order_and_stops_cleanly_on_ctrl_c() {
             }
         }
     };
-    wait_for(&mut seen, "ordermesh is up (5 services SERVING)");
+    wait_for(&mut seen, "ordermesh is up (5 processes SERVING)");
     wait_for(&mut seen, "demo: placed order");
     wait_for(&mut seen, "demo: order is CONFIRMED");
     wait_for(&mut seen, "confirm-order");

@@ -366,6 +366,28 @@ fn rendered_objects_agree_with_each_other_and_with_the_binaries() {
             }
         }
 
+        // Everything lands in the ordermesh namespace, except the edge (gateway, JWT policy),
+        // which must live where the ingress gateway runs.
+        for object in &all {
+            let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+            match object["kind"].as_str().unwrap_or_default() {
+                "Namespace" => {}
+                _ if namespace == "istio-system" => assert!(
+                    object["spec"]["selector"]["istio"] == "ingressgateway"
+                        || object["spec"]["selector"]["matchLabels"]["istio"] == "ingressgateway",
+                    "{overlay}: {} {} in istio-system does not target the ingress gateway",
+                    object["kind"],
+                    name(object)
+                ),
+                kind => assert_eq!(
+                    namespace,
+                    "ordermesh",
+                    "{overlay}: {kind} {} has no (or another) namespace",
+                    name(object)
+                ),
+            }
+        }
+
         // Every principal an AuthorizationPolicy allows inside the namespace has a ServiceAccount.
         let accounts: BTreeSet<&str> = of_kind(&all, "ServiceAccount")
             .iter()

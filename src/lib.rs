@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod client_limit;
 pub mod config;
 pub mod context;
 pub mod db;

@@ -65,6 +65,10 @@ metric!(CLIENT_EVENTS: IntCounterVec = register_int_counter_vec!(
     Opts::new("ordermesh_client_policy_events_total", "In-process call policy (ORDERMESH_MESH=local) by upstream and event: retry, concurrency (refused at the in-flight limit), budget_exhausted (a retry the budget refused)."),
     &["callee", "event"]
 ));
+metric!(CLIENT_LIMITED: prometheus::IntCounter = prometheus::register_int_counter!(
+    "ordermesh_server_client_limited_total",
+    "Calls refused with RESOURCE_EXHAUSTED because their client had ORDERMESH_SERVER__MAX_IN_FLIGHT_PER_CLIENT calls in flight."
+));
 metric!(CONSUMER_PENDING: IntGaugeVec = register_int_gauge_vec!(
     Opts::new("ordermesh_jetstream_consumer_pending", "Messages in the stream not yet delivered to this durable consumer: its lag."),
     &["consumer"]

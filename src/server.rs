@@ -25,6 +25,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
 
 use crate::{
+    client_limit::PerClientLimitLayer,
     config::Settings,
     context::ContextLayer,
     limits,
@@ -230,6 +231,7 @@ impl Host {
             .set(1);
         metrics::READY.set(0);
         metrics::IDEMPOTENT_REPLAYS.get();
+        metrics::CLIENT_LIMITED.get();
 
         // grpcurl before 1.9 and many tools still speak only the v1alpha reflection protocol.
         routes.add_service(
@@ -281,6 +283,10 @@ impl Host {
                         .layer(RpcMetricsLayer::new(known))
                         // Oversized messages are RESOURCE_EXHAUSTED, as gRPC specifies.
                         .map_response(limits::oversize_is_resource_exhausted)
+                        // One client cannot take the whole service: refused, not queued.
+                        .layer(PerClientLimitLayer::new(
+                            settings.server.max_in_flight_per_client,
+                        ))
                         // Caller context and trace span for everything inside.
                         .layer(ContextLayer),
                 );

@@ -214,3 +214,76 @@ async fn bad_orders_name_the_field_and_store_nothing() {
     assert_eq!(count(&db, "sagas").await, 0, "no saga started");
     assert_eq!(count(&db, "outbox").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_over_its_in_flight_allowance_is_refused_at_once_and_recovers() {
+    let env = TestEnv::new();
+    // The order service alone: its saga cannot progress, so the order stays PENDING and every
+    // WatchOrder stream stays open (in flight) until the client drops it.
+    let extra = [(
+        "ORDERMESH_SERVER__MAX_IN_FLIGHT_PER_CLIENT".to_string(),
+        "3".to_string(),
+    )];
+    let order = env.spawn(ServiceName::Order, &extra).await;
+    order.wait_serving().await;
+    let mut orders = OrderServiceClient::new(order.channel().await);
+    let created = common::saga::place(&mut orders, &[("LAPTOP", 1, 1_000)], "tok_visa").await;
+    let watch = || {
+        let mut orders = orders.clone();
+        let order_id = created.order_id.clone();
+        async move {
+            orders
+                .watch_order(ordermesh::proto::order::WatchOrderRequest { order_id })
+                .await
+        }
+    };
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(
+            watch()
+                .await
+                .expect("a watch within the allowance")
+                .into_inner(),
+        );
+    }
+    let get = || {
+        let mut orders = orders.clone();
+        let order_id = created.order_id.clone();
+        async move {
+            orders
+                .get_order(ordermesh::proto::order::GetOrderRequest { order_id })
+                .await
+        }
+    };
+    let refused = get().await.expect_err("over the allowance");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("3 calls in flight"),
+        "{}",
+        refused.message()
+    );
+    let refused = watch().await.expect_err("a fourth stream too");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+
+    // Closing one stream gives its slot back.
+    drop(open.pop());
+    let mut recovered = false;
+    for _ in 0..50 {
+        if get().await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(recovered, "the slot of a closed stream came back");
+    let (_, metrics) = common::http_get(order.admin_addr, "/metrics")
+        .await
+        .expect("metrics");
+    // Two refusals above, perhaps more while the closed stream's slot was being returned.
+    let limited: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ordermesh_server_client_limited_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("counter exported");
+    assert!(limited >= 2, "{limited} refusals counted");
+}

@@ -91,10 +91,12 @@ if [ ! -x "$validate_bin" ]; then
   log "pip install kubernetes-validate"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore kubernetes-validate
 fi
-if [ ! -d tools/node_modules ] || [ tools/package-lock.json -nt tools/node_modules ]; then
-  log "npm ci (tools/: Istio and Prometheus Operator CRD schemas)"
-  npm ci --prefix tools --no-audit --no-fund --loglevel=error >/dev/null
-fi
+for dir in tools examples/typescript; do   # buf + CRD schemas; the generated JS client's deps
+  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    log "npm ci ($dir)"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+  fi
+done
 
 if ! listening "$NATS_PORT"; then
   log "starting nats-server $("$nats_bin" --version | awk '{print $2}') with JetStream on 127.0.0.1:$NATS_PORT"

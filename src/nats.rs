@@ -129,6 +129,21 @@ pub async fn consume<F, Fut>(
     tokio::join!(lag, receive(what, consumer, concurrency, shutdown, handle));
 }
 
+/// At shutdown, returns the messages already pulled into this instance's buffer but not yet
+/// handled (NAK: redeliver now), so other instances take them at once instead of after the
+/// ack wait — a rollout must not delay a batch of notifications by 30 s.
+async fn hand_back(what: &'static str, messages: &mut jetstream::consumer::pull::Stream) {
+    use futures::{FutureExt, StreamExt};
+    let mut returned = 0;
+    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+        let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
+        returned += 1;
+    }
+    if returned > 0 {
+        tracing::info!(what, returned, "handed buffered messages back at shutdown");
+    }
+}
+
 /// How often each consumer's lag is read from the server for `/metrics`.
 const LAG_SAMPLE_PERIOD: Duration = Duration::from_secs(5);
 
@@ -159,14 +174,20 @@ async fn receive<F, Fut>(
         };
         loop {
             let permit = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
+                _ = shutdown.cancelled() => {
+                    hand_back(what, &mut messages).await;
+                    break 'outer;
+                }
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break 'outer,
                 },
             };
             let next = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
+                _ = shutdown.cancelled() => {
+                    hand_back(what, &mut messages).await;
+                    break 'outer;
+                }
                 next = messages.next() => next,
             };
             match next {

@@ -1,10 +1,13 @@
 //! Secrets and personal data stay out of logs: a full saga run with a recognisable payment
 //! token, database password and street address, then every line every service logged is searched
-//! for them.
+//! for them. And least privilege in the databases: each service on its own role, which cannot
+//! reach another service's database.
 
 mod common;
 
 use std::time::Duration;
+
+use sqlx::Connection;
 
 use common::{
     TestEnv,
@@ -91,4 +94,102 @@ async fn no_payment_token_password_or_address_appears_in_any_log() {
         lines > 50,
         "the services logged almost nothing ({lines} lines)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_service_has_its_own_role_and_the_order_role_cannot_read_payments() {
+    let env = TestEnv::new();
+    let output = std::process::Command::new(common::binary("ordermesh"))
+        .args(["db", "provision", "--admin-url", common::PG_URL])
+        .args(["--namespace", &env.namespace])
+        .output()
+        .expect("run ordermesh db provision");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let urls: std::collections::HashMap<String, String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(s, u)| (s.to_string(), u.to_string()))
+        .collect();
+    assert_eq!(urls.len(), 5, "one URL per service: {urls:?}");
+
+    // The whole mesh runs on its own roles.
+    let mut endpoints: Vec<(String, String)> = Vec::new();
+    let mut processes = Vec::new();
+    for service in [
+        ServiceName::Inventory,
+        ServiceName::Payment,
+        ServiceName::Shipping,
+        ServiceName::Notification,
+        ServiceName::Order,
+    ] {
+        let mut extra = endpoints.clone();
+        extra.push((
+            "ORDERMESH_DATABASE__URL".into(),
+            urls[service.as_str()].clone(),
+        ));
+        let process = env.spawn(service, &extra).await;
+        process.wait_serving().await;
+        endpoints.push((
+            format!("ORDERMESH_ENDPOINTS__{}", service.as_str().to_uppercase()),
+            process.url(),
+        ));
+        processes.push(process);
+    }
+    let order_process = processes.last().expect("order");
+    let mut orders = OrderServiceClient::new(order_process.channel().await);
+    let mut inventory = InventoryServiceClient::new(processes[0].channel().await);
+    stock(&mut inventory, "LAPTOP", 2).await;
+    let created = orders
+        .create_order(order(&[("LAPTOP", 1, 129_900)], "tok_visa"))
+        .await
+        .expect("create")
+        .into_inner()
+        .order
+        .expect("order");
+    let (_, done) = watch_to_end(&mut orders, &created.order_id, Duration::from_secs(60)).await;
+    assert_eq!(done.status(), OrderStatus::Confirmed);
+
+    // The order role reads its own database...
+    let as_order = |database: &str| format!("{}/{}_{database}", urls["order"], env.namespace);
+    let mut own = sqlx::PgConnection::connect(&as_order("order"))
+        .await
+        .expect("order role reaches its own database");
+    let views: i64 = sqlx::query_scalar("SELECT count(*) FROM order_view")
+        .fetch_one(&mut own)
+        .await
+        .expect("order role reads its tables");
+    assert_eq!(views, 1);
+    // ...and cannot even connect to payment's (CONNECT is revoked from everyone else).
+    let refused = sqlx::PgConnection::connect(&as_order("payment"))
+        .await
+        .expect_err("order role must not reach the payment database");
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
+    // Nor is it a superuser that could grant itself access.
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut own)
+            .await
+            .expect("role attributes");
+    assert!(!superuser);
+    drop(own);
+
+    // Clean up the roles (TestEnv drops the databases; roles outlive them otherwise).
+    drop(processes);
+    for service in ServiceName::ALL {
+        let name = format!("{}_{service}", env.namespace);
+        let _ = ordermesh::db::drop_database(common::PG_URL, &name).await;
+        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", common::PG_URL))
+            .await
+            .expect("admin");
+        let _ = sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {name}"))
+            .execute(&mut admin)
+            .await;
+    }
 }

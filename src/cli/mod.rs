@@ -2,6 +2,7 @@
 //! to them over gRPC, the way Kubernetes and users do).
 
 mod check;
+mod db;
 mod dlq;
 mod inventory;
 mod load;
@@ -48,6 +49,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Open-loop load: orders at a fixed rate, latency to CreateOrder and to a terminal status.
     Load(Box<load::LoadArgs>),
+    /// Database administration (least-privilege roles per service).
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Inspect and redrive dead-lettered messages.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -133,6 +137,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Saga(command) => saga::run(command).await,
         Command::Projections(command) => projections::run(command),
         Command::Dlq(command) => dlq::run(command).await,
+        Command::Db(command) => db::run(command).await,
         Command::Load(args) => load::run(*args).await,
         Command::Check(args) => match check::run(args).await {
             Ok(true) => Ok(()),

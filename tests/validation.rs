@@ -287,3 +287,56 @@ async fn a_client_over_its_in_flight_allowance_is_refused_at_once_and_recovers()
         .expect("counter exported");
     assert!(limited >= 2, "{limited} refusals counted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_ends_with_deadline_exceeded_at_the_server_maximum_or_the_clients_deadline() {
+    use futures::StreamExt;
+
+    let env = TestEnv::new();
+    // The order service alone: the order stays PENDING, so only the time limit can end a watch.
+    let extra = [(
+        "ORDERMESH_SERVER__MAX_REQUEST_DURATION".to_string(),
+        "1s".to_string(),
+    )];
+    let order = env.spawn(ServiceName::Order, &extra).await;
+    order.wait_serving().await;
+    let mut orders = OrderServiceClient::new(order.channel().await);
+    let created = common::saga::place(&mut orders, &[("LAPTOP", 1, 1_000)], "tok_visa").await;
+
+    for client_deadline in [None, Some(std::time::Duration::from_millis(300))] {
+        let mut request = tonic::Request::new(ordermesh::proto::order::WatchOrderRequest {
+            order_id: created.order_id.clone(),
+        });
+        if let Some(deadline) = client_deadline {
+            request.set_timeout(deadline);
+        }
+        let started = std::time::Instant::now();
+        let mut stream = orders
+            .watch_order(request)
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = stream
+            .next()
+            .await
+            .expect("first item")
+            .expect("the current state");
+        assert_eq!(
+            first.order.map(|o| o.status()),
+            Some(ordermesh::proto::order::OrderStatus::Pending)
+        );
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .expect("the server ends the watch by itself")
+            .expect("an item")
+            .expect_err("a status, not an update");
+        assert_eq!(end.code(), Code::DeadlineExceeded, "{end:?}");
+        assert!(end.message().contains("watch again"), "{}", end.message());
+        let limit = client_deadline.unwrap_or(std::time::Duration::from_secs(1));
+        assert!(
+            started.elapsed() >= limit,
+            "ended after {:?}, before the {limit:?} limit",
+            started.elapsed()
+        );
+    }
+}

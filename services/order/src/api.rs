@@ -27,11 +27,14 @@ use crate::{
 #[derive(Clone)]
 pub struct Orders {
     deps: Ready<Deps>,
+    /// `ORDERMESH_SERVER__MAX_REQUEST_DURATION`: the server's timeout ends unary calls; a watch
+    /// stream ends itself with DEADLINE_EXCEEDED at this point (or the client's deadline).
+    max_watch: std::time::Duration,
 }
 
 impl Orders {
-    pub(crate) fn new(deps: Ready<Deps>) -> Orders {
-        Orders { deps }
+    pub(crate) fn new(deps: Ready<Deps>, max_watch: std::time::Duration) -> Orders {
+        Orders { deps, max_watch }
     }
 }
 
@@ -190,7 +193,12 @@ impl OrderService for Orders {
         let first = store::get(&deps.pool, order_id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no order {order_id}")))?;
+        let allowed = ordermesh::context::CallContext::current()
+            .and_then(|c| c.remaining())
+            .map_or(self.max_watch, |left| left.min(self.max_watch));
         let watch = Watch {
+            deadline: tokio::time::Instant::now() + allowed,
+            allowed,
             pool: deps.pool.clone(),
             signals,
             order_id,
@@ -211,6 +219,15 @@ impl OrderService for Orders {
                 tokio::select! {
                     Some(_) = w.signals.next() => {}
                     _ = tokio::time::sleep(WATCH_FALLBACK) => {}
+                    _ = tokio::time::sleep_until(w.deadline) => {
+                        w.done = true;
+                        let status = Status::deadline_exceeded(format!(
+                            "the watch reached its time limit of {:?} (the server's maximum or \
+                             your deadline) before the order was final; watch again to continue",
+                            w.allowed
+                        ));
+                        return Some((Err(status), w));
+                    }
                 }
                 match store::get(&w.pool, w.order_id).await {
                     Ok(found) => w.pending = found,
@@ -227,6 +244,9 @@ impl OrderService for Orders {
 
 /// One WatchOrder stream: woken by the order's change signals, re-reading the view then.
 struct Watch {
+    /// When the stream ends with DEADLINE_EXCEEDED if the order is not final by then.
+    deadline: tokio::time::Instant,
+    allowed: std::time::Duration,
     pool: sqlx::PgPool,
     signals: async_nats::Subscriber,
     order_id: uuid::Uuid,

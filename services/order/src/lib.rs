@@ -86,11 +86,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let deps = Ready::default();
     let mut host = Host::bind(settings).await?;
     let max_message = host.settings().server.max_message_bytes;
+    let max_watch = host.settings().server.max_request_duration;
     host.add_service(
-        OrderServiceServer::new(api::Orders::new(deps.clone()))
+        OrderServiceServer::new(api::Orders::new(deps.clone(), max_watch))
             .max_decoding_message_size(max_message),
     );
-    host.add_http_routes(http::router(api::Orders::new(deps.clone())));
+    host.add_http_routes(http::router(api::Orders::new(deps.clone(), max_watch)));
     let settings = host.settings().clone();
     let background = host.background();
     let start = async move {

@@ -4,18 +4,98 @@
 
 mod common;
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use common::{TestEnv, saga::stock};
 use ordermesh::{
     config::ServiceName, proto::inventory::inventory_service_client::InventoryServiceClient,
 };
 
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `program args` in `dir`, panicking with its output unless it succeeds.
+fn run(
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    dir: &Path,
+    env: &[(&str, &Path)],
+) -> String {
+    let output = Command::new(program.as_ref())
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{:?} {args:?} (scripts/infra.sh installs it): {e}",
+                program.as_ref()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{:?} {args:?} failed:\n{stdout}\n{}",
+        program.as_ref(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Starts a mesh with laptops in stock, runs `example` (given the order service's host:port and
+/// URL) and checks what it printed: the order CONFIRMED and every forward step succeeded, in
+/// the client's own spelling of the enum values (`final`/`step` lines with `status` names).
+async fn place_an_order_with(
+    example: impl FnOnce(String, String) -> String + Send + 'static,
+    confirmed: &str,
+    succeeded: &str,
+) {
+    let env = TestEnv::new();
+    let mesh = env.start_mesh().await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "LAPTOP", 3).await;
+    let order = mesh.get(ServiceName::Order);
+    let (addr, url) = (order.grpc_addr.to_string(), order.url());
+    let stdout = tokio::task::spawn_blocking(move || example(addr, url))
+        .await
+        .expect("join");
+    assert!(stdout.contains(&format!("final {confirmed}")), "{stdout}");
+    for step in [
+        "reserve-inventory",
+        "process-payment",
+        "create-shipping-label",
+        "confirm-order",
+    ] {
+        assert!(
+            stdout.contains(&format!("step {step} {succeeded}")),
+            "{step} missing from the timeline:\n{stdout}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_generated_python_client_places_an_order_watches_it_and_reads_its_timeline() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let generated = std::env::temp_dir().join(format!("ordermesh-py-{}", uuid::Uuid::now_v7()));
+    let generated: PathBuf =
+        std::env::temp_dir().join(format!("ordermesh-py-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&generated).expect("temp dir");
+    let out = generated.display().to_string();
+    let (python_out, grpc_out) = (
+        format!("--python_out={out}"),
+        format!("--grpc_python_out={out}"),
+    );
+    let mut args = vec![
+        "-m",
+        "grpc_tools.protoc",
+        "-I",
+        "proto",
+        &python_out,
+        &grpc_out,
+    ];
     let protos: Vec<String> = [
         "common",
         "order",
@@ -27,97 +107,52 @@ async fn the_generated_python_client_places_an_order_watches_it_and_reads_its_ti
     .iter()
     .map(|s| format!("proto/ordermesh/{s}/v1/{s}.proto"))
     .collect();
-    let out = format!("{}", generated.display());
-    let status = Command::new("python3")
-        .args(["-m", "grpc_tools.protoc", "-I", "proto"])
-        .arg(format!("--python_out={out}"))
-        .arg(format!("--grpc_python_out={out}"))
-        .args(&protos)
-        .current_dir(root)
-        .status()
-        .expect("python3 -m grpc_tools.protoc (scripts/infra.sh installs grpcio-tools)");
-    assert!(status.success(), "generating the Python client failed");
+    args.extend(protos.iter().map(String::as_str));
+    run("python3", &args, root(), &[]);
 
-    let env = TestEnv::new();
-    let mesh = env.start_mesh().await;
-    let mut inventory =
-        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
-    stock(&mut inventory, "LAPTOP", 3).await;
-
-    let target = mesh.get(ServiceName::Order).grpc_addr.to_string();
-    let run = tokio::task::spawn_blocking({
-        let root = root.to_path_buf();
-        let generated = generated.clone();
-        move || {
-            Command::new("python3")
-                .arg("examples/python/place_order.py")
-                .args(["--target", &target, "--sku", "LAPTOP"])
-                .env("PYTHONPATH", &generated)
-                .current_dir(root)
-                .output()
-                .expect("run the Python example")
-        }
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "example failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("final ORDER_STATUS_CONFIRMED"), "{stdout}");
-    for step in [
-        "reserve-inventory",
-        "process-payment",
-        "create-shipping-label",
-        "confirm-order",
-    ] {
-        assert!(
-            stdout.contains(&format!("step {step} STEP_STATUS_SUCCEEDED")),
-            "{step} missing from the timeline:\n{stdout}"
-        );
-    }
+    let path = generated.clone();
+    place_an_order_with(
+        move |addr, _| {
+            run(
+                "python3",
+                &[
+                    "examples/python/place_order.py",
+                    "--target",
+                    &addr,
+                    "--sku",
+                    "LAPTOP",
+                ],
+                root(),
+                &[("PYTHONPATH", &path)],
+            )
+        },
+        "ORDER_STATUS_CONFIRMED",
+        "STEP_STATUS_SUCCEEDED",
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&generated);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_generated_javascript_client_places_an_order_watches_it_and_reads_its_timeline() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let example = root.join("examples/typescript");
-    let status = Command::new(root.join("tools/node_modules/.bin/buf"))
-        .args(["generate", "--template", "buf.gen.yaml", "../../proto"])
-        .current_dir(&example)
-        .status()
-        .expect("buf generate (scripts/infra.sh installs tools/ and examples/typescript/)");
-    assert!(status.success(), "generating the JavaScript client failed");
-
-    let env = TestEnv::new();
-    let mesh = env.start_mesh().await;
-    let mut inventory =
-        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
-    stock(&mut inventory, "LAPTOP", 3).await;
-
-    let target = mesh.get(ServiceName::Order).url();
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .args(["place_order.mjs", "--target", &target, "--sku", "LAPTOP"])
-            .current_dir(example)
-            .output()
-            .expect("run the JavaScript example")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "example failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("final CONFIRMED"), "{stdout}");
-    for step in [
-        "reserve-inventory",
-        "process-payment",
-        "create-shipping-label",
-        "confirm-order",
-    ] {
-        assert!(
-            stdout.contains(&format!("step {step} SUCCEEDED")),
-            "{step} missing from the timeline:\n{stdout}"
-        );
-    }
+    let example = root().join("examples/typescript");
+    run(
+        root().join("tools/node_modules/.bin/buf"),
+        &["generate", "--template", "buf.gen.yaml", "../../proto"],
+        &example,
+        &[],
+    );
+    place_an_order_with(
+        move |_, url| {
+            run(
+                "node",
+                &["place_order.mjs", "--target", &url, "--sku", "LAPTOP"],
+                &example,
+                &[],
+            )
+        },
+        "CONFIRMED",
+        "SUCCEEDED",
+    )
+    .await;
 }

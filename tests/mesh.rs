@@ -14,7 +14,7 @@ use std::{
 
 use common::{
     ServiceProcess, TestEnv, binary, free_port, http_get,
-    saga::{is_terminal, order, stock, watch_to_end},
+    saga::{is_terminal, order, place_with, stock, watch_to_end},
 };
 use nix::sys::signal::Signal;
 use ordermesh::{
@@ -52,19 +52,15 @@ async fn orders_sent_with_x_version_v2_are_paid_by_the_canary_and_others_by_v1()
 
     let mut paid_by = Vec::new();
     for header in [None, Some("v2"), None, Some("v2"), Some("v1")] {
-        let mut request = tonic::Request::new(order(&[("LAPTOP", 1, 129_900)], "tok_visa"));
-        if let Some(version) = header {
-            request
-                .metadata_mut()
-                .insert("x-version", version.parse().expect("header"));
-        }
-        let created = orders
-            .create_order(request)
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
+        let metadata: Vec<(&'static str, &str)> =
+            header.map(|v| ("x-version", v)).into_iter().collect();
+        let created = place_with(
+            &mut orders,
+            &[("LAPTOP", 1, 129_900)],
+            "tok_visa",
+            &metadata,
+        )
+        .await;
         let (_, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
         assert_eq!(done.status(), OrderStatus::Confirmed);
         let payment = payments

@@ -16,7 +16,7 @@ use std::{
 
 use common::{
     TestEnv, free_port, http_get,
-    saga::{order, place, stock, watch_to_end},
+    saga::{place, place_with, stock, watch_to_end},
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -543,20 +543,14 @@ async fn one_order_is_one_trace_across_every_service_and_the_jetstream_hops() {
 
     // The client starts the trace, as an instrumented caller would.
     let trace_id = uuid::Uuid::now_v7().simple().to_string();
-    let mut request = tonic::Request::new(order(&[("LAPTOP", 1, 129_900)], "tok_visa"));
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-00f067aa0ba902b7-01")
-            .parse()
-            .expect("header"),
-    );
-    let created = orders
-        .create_order(request)
-        .await
-        .expect("create")
-        .into_inner()
-        .order
-        .expect("order");
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let created = place_with(
+        &mut orders,
+        &[("LAPTOP", 1, 129_900)],
+        "tok_visa",
+        &[("traceparent", &traceparent)],
+    )
+    .await;
     let (_, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
     assert_eq!(done.status(), OrderStatus::Confirmed);
 

@@ -47,8 +47,24 @@ pub async fn place(
     lines: &[(&str, i64, i64)],
     token: &str,
 ) -> Order {
+    place_with(client, lines, token, &[]).await
+}
+
+/// [`place`] with request metadata, e.g. `x-version` or `traceparent`.
+pub async fn place_with(
+    client: &mut OrderServiceClient<Channel>,
+    lines: &[(&str, i64, i64)],
+    token: &str,
+    metadata: &[(&'static str, &str)],
+) -> Order {
+    let mut request = tonic::Request::new(order(lines, token));
+    for (name, value) in metadata {
+        request
+            .metadata_mut()
+            .insert(*name, value.parse().expect("metadata value"));
+    }
     client
-        .create_order(order(lines, token))
+        .create_order(request)
         .await
         .expect("create order")
         .into_inner()

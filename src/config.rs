@@ -303,11 +303,37 @@ impl Settings {
 
     /// Defaults overlaid with `ORDERMESH_*` variables.
     pub fn load(service: ServiceName) -> Result<Settings, ConfigError> {
-        let settings: Settings = figment(service)
+        let mut settings: Settings = figment(service)
             .extract()
             .map_err(|e| describe(e, "ORDERMESH_"))?;
+        settings.read_secret_files(|name| std::env::var_os(name))?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// `ORDERMESH_<URL>_FILE` names a file holding a URL with credentials (a mounted Kubernetes
+    /// Secret, a Docker secret), so the password need not sit in the environment. The file wins
+    /// over the plain variable; surrounding whitespace is dropped.
+    fn read_secret_files(
+        &mut self,
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<(), ConfigError> {
+        for (name, target) in [
+            (SECRET_FILE_VARIABLES[0], &mut self.database.url),
+            (SECRET_FILE_VARIABLES[1], &mut self.redis.url),
+            (SECRET_FILE_VARIABLES[2], &mut self.nats.url),
+        ] {
+            if let Some(path) = var(name) {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError(format!(
+                        "{name}={}: cannot read the file: {e}",
+                        std::path::Path::new(&path).display()
+                    ))
+                })?;
+                *target = text.trim().to_string();
+            }
+        }
+        Ok(())
     }
 
     /// Name of this service's own database.
@@ -388,9 +414,17 @@ impl Settings {
     pub fn variables() -> std::collections::BTreeSet<String> {
         let mut all = variables("ORDERMESH_", &Settings::defaults(ServiceName::Order));
         all.remove("ORDERMESH_SERVICE");
+        all.extend(SECRET_FILE_VARIABLES.iter().map(|v| v.to_string()));
         all
     }
 }
+
+/// Variables naming a file to read a URL (with its credentials) from.
+const SECRET_FILE_VARIABLES: [&str; 3] = [
+    "ORDERMESH_DATABASE__URL_FILE",
+    "ORDERMESH_REDIS__URL_FILE",
+    "ORDERMESH_NATS__URL_FILE",
+];
 
 /// Turns a figment error into one line per problem that names the environment variable
 /// (`ORDERMESH_DATABASE__MAX_CONNECTIONS: invalid type ...`) and says what was wrong.
@@ -427,6 +461,33 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error.
 mod tests {
+
+    #[test]
+    fn a_url_file_replaces_the_url_and_a_missing_one_names_the_variable() {
+        let dir = std::env::temp_dir().join(format!("ordermesh-cfg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("url");
+        std::fs::write(&file, "postgres://order:s3cret@db:5432\n").expect("write");
+        let mut settings = Settings::defaults(ServiceName::Order);
+        settings
+            .read_secret_files(|name| {
+                (name == "ORDERMESH_DATABASE__URL_FILE").then(|| file.clone().into_os_string())
+            })
+            .expect("readable");
+        assert_eq!(settings.database.url, "postgres://order:s3cret@db:5432");
+        assert_eq!(settings.redis.url, "redis://127.0.0.1:6379", "untouched");
+
+        let error = settings
+            .read_secret_files(|name| {
+                (name == "ORDERMESH_REDIS__URL_FILE").then(|| dir.join("missing").into_os_string())
+            })
+            .expect_err("missing file");
+        assert!(
+            error.to_string().contains("ORDERMESH_REDIS__URL_FILE="),
+            "{error}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     use super::*;
 
     #[test]

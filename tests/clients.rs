@@ -9,7 +9,10 @@ use std::{
     process::Command,
 };
 
-use common::{TestEnv, saga::stock};
+use common::{
+    TestEnv,
+    saga::{FORWARD_STEPS, stock},
+};
 use ordermesh::{
     config::ServiceName, proto::inventory::inventory_service_client::InventoryServiceClient,
 };
@@ -65,12 +68,7 @@ async fn place_an_order_with(
         .await
         .expect("join");
     assert!(stdout.contains(&format!("final {confirmed}")), "{stdout}");
-    for step in [
-        "reserve-inventory",
-        "process-payment",
-        "create-shipping-label",
-        "confirm-order",
-    ] {
+    for step in FORWARD_STEPS {
         assert!(
             stdout.contains(&format!("step {step} {succeeded}")),
             "{step} missing from the timeline:\n{stdout}"

@@ -16,7 +16,7 @@ use std::{
 
 use common::{
     TestEnv, free_port, http_get,
-    saga::{place, place_with, stock, watch_to_end},
+    saga::{FORWARD_STEPS, place, place_with, stock, watch_to_end},
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -595,12 +595,7 @@ async fn one_order_is_one_trace_across_every_service_and_the_jetstream_hops() {
         .filter(|s| s.name == "saga.step")
         .filter_map(|s| s.attributes.get("step").map(String::as_str))
         .collect();
-    for step in [
-        "reserve-inventory",
-        "process-payment",
-        "create-shipping-label",
-        "confirm-order",
-    ] {
+    for step in FORWARD_STEPS {
         assert!(
             steps.contains(step),
             "no saga.step span for {step}: {steps:?}"

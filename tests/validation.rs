@@ -215,19 +215,35 @@ async fn bad_orders_name_the_field_and_store_nothing() {
     assert_eq!(count(&db, "outbox").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_over_its_in_flight_allowance_is_refused_at_once_and_recovers() {
-    let env = TestEnv::new();
-    // The order service alone: its saga cannot progress, so the order stays PENDING and every
-    // WatchOrder stream stays open (in flight) until the client drops it.
-    let extra = [(
-        "ORDERMESH_SERVER__MAX_IN_FLIGHT_PER_CLIENT".to_string(),
-        "3".to_string(),
-    )];
+/// The order service alone, with one setting, and an order placed on it: with no callees its
+/// saga cannot progress, so the order stays PENDING and a watch on it stays open.
+async fn a_pending_order_on_a_lone_order_service(
+    env: &TestEnv,
+    variable: &str,
+    value: &str,
+) -> (
+    common::ServiceProcess,
+    OrderServiceClient<tonic::transport::Channel>,
+    ordermesh::proto::order::Order,
+) {
+    let extra = [(variable.to_string(), value.to_string())];
     let order = env.spawn(ServiceName::Order, &extra).await;
     order.wait_serving().await;
     let mut orders = OrderServiceClient::new(order.channel().await);
     let created = common::saga::place(&mut orders, &[("LAPTOP", 1, 1_000)], "tok_visa").await;
+    (order, orders, created)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_over_its_in_flight_allowance_is_refused_at_once_and_recovers() {
+    let env = TestEnv::new();
+    // Every WatchOrder stream stays open (in flight) until the client drops it.
+    let (order, orders, created) = a_pending_order_on_a_lone_order_service(
+        &env,
+        "ORDERMESH_SERVER__MAX_IN_FLIGHT_PER_CLIENT",
+        "3",
+    )
+    .await;
     let watch = || {
         let mut orders = orders.clone();
         let order_id = created.order_id.clone();
@@ -293,15 +309,13 @@ async fn a_watch_ends_with_deadline_exceeded_at_the_server_maximum_or_the_client
     use futures::StreamExt;
 
     let env = TestEnv::new();
-    // The order service alone: the order stays PENDING, so only the time limit can end a watch.
-    let extra = [(
-        "ORDERMESH_SERVER__MAX_REQUEST_DURATION".to_string(),
-        "1s".to_string(),
-    )];
-    let order = env.spawn(ServiceName::Order, &extra).await;
-    order.wait_serving().await;
-    let mut orders = OrderServiceClient::new(order.channel().await);
-    let created = common::saga::place(&mut orders, &[("LAPTOP", 1, 1_000)], "tok_visa").await;
+    // The order stays PENDING, so only the time limit can end a watch.
+    let (_order, mut orders, created) = a_pending_order_on_a_lone_order_service(
+        &env,
+        "ORDERMESH_SERVER__MAX_REQUEST_DURATION",
+        "1s",
+    )
+    .await;
 
     for client_deadline in [None, Some(std::time::Duration::from_millis(300))] {
         let mut request = tonic::Request::new(ordermesh::proto::order::WatchOrderRequest {

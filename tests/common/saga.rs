@@ -13,6 +13,14 @@ use ordermesh::proto::{
 };
 use tonic::transport::Channel;
 
+/// The saga's forward steps by wire name, in order (what a confirmed order's timeline shows).
+pub const FORWARD_STEPS: [&str; 4] = [
+    "reserve-inventory",
+    "process-payment",
+    "create-shipping-label",
+    "confirm-order",
+];
+
 pub fn order(lines: &[(&str, i64, i64)], token: &str) -> CreateOrderRequest {
     CreateOrderRequest {
         request_id: String::new(),

@@ -590,16 +590,6 @@ mod tests {
     use super::*;
     use crate::saga::definition::{FIRST, TABLE};
 
-    const STEPS: [Step; 7] = [
-        Step::ReserveInventory,
-        Step::ProcessPayment,
-        Step::CreateShippingLabel,
-        Step::ConfirmOrder,
-        Step::ReleaseInventory,
-        Step::RefundPayment,
-        Step::CancelLabel,
-    ];
-
     /// One thing that can happen to a saga: an outcome reported for a step — usually the current
     /// one, sometimes another (a duplicate, a redelivery, a late answer, a stale timeout).
     #[derive(Debug, Clone)]
@@ -619,7 +609,7 @@ mod tests {
 
     fn deliveries() -> impl Strategy<Value = Vec<Delivery>> {
         proptest::collection::vec(
-            (proptest::option::weighted(0.2, 0..STEPS.len()), any::<u8>()).prop_map(
+            (proptest::option::weighted(0.2, 0..TABLE.len()), any::<u8>()).prop_map(
                 |(stale_step, outcome)| Delivery {
                     stale_step,
                     outcome,
@@ -641,10 +631,6 @@ mod tests {
         }
     }
 
-    fn undo_of(step: Step) -> Option<Step> {
-        TABLE.iter().find(|s| s.step == step).and_then(|s| s.undo)
-    }
-
     proptest! {
         /// Whatever arrives in whatever order, a saga ends in exactly one terminal state
         /// (CONFIRMED, CANCELLED or parked as FAILED), stale outcomes change nothing, nothing
@@ -661,7 +647,7 @@ mod tests {
             let heal = std::iter::repeat_n(Delivery { stale_step: None, outcome: 0 }, 20);
             for delivery in script.into_iter().chain(heal) {
                 let step = match (delivery.stale_step, saga.current) {
-                    (Some(i), _) => STEPS[i],
+                    (Some(i), _) => TABLE[i].step,
                     (None, Some(current)) => current,
                     (None, None) => break,
                 };
@@ -705,7 +691,7 @@ mod tests {
             }
             if saga.phase == "done" && !confirmed {
                 // Exactly the undo steps of what may have happened, most recent first, once each.
-                let expected: Vec<Step> = maybe_done.iter().rev().filter_map(|s| undo_of(*s)).collect();
+                let expected: Vec<Step> = maybe_done.iter().rev().filter_map(|s| s.spec().undo).collect();
                 prop_assert_eq!(&compensated, &expected);
                 let mut counts: HashMap<Step, usize> = HashMap::new();
                 for step in &compensated {
@@ -716,7 +702,7 @@ mod tests {
             }
             // Nothing moves a finished saga.
             if saga.phase == "done" {
-                for step in STEPS {
+                for step in TABLE.iter().map(|s| s.step) {
                     prop_assert!(decide(&saga, step, Outcome::Succeeded(None)).is_none());
                 }
             }

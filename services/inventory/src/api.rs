@@ -2,17 +2,14 @@
 //! before any write), then calls the store.
 
 use ordermesh::{
-    domain::{Sku, parse_required_text, parse_text, parse_uuid},
-    limits::{self, MAX_REASON_LEN, MAX_STOCK},
     proto::common::PageResponse,
     proto::inventory::{inventory_service_server::InventoryService, *},
     ready::Ready,
-    validation::{self, Violations},
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::store;
+use crate::{store, validate};
 
 pub struct Inventory {
     pool: Ready<PgPool>,
@@ -32,15 +29,7 @@ impl InventoryService for Inventory {
         request: Request<UpsertItemRequest>,
     ) -> Result<Response<UpsertItemResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::new();
-        let sku = v.parse("sku", Sku::parse(&r.sku));
-        let name = v.parse("name", parse_required_text(&r.name, 200));
-        v.check(
-            (0..=MAX_STOCK).contains(&r.available),
-            "available",
-            format!("must be between 0 and {MAX_STOCK}, got {}", r.available),
-        );
-        let (sku, name) = v.finish(sku.zip(name))?;
+        let (sku, name) = validate::upsert_item(r)?;
         let item = store::upsert_item(self.pool.get()?, &sku, &name, r.available).await?;
         Ok(Response::new(UpsertItemResponse { item: Some(item) }))
     }
@@ -50,9 +39,7 @@ impl InventoryService for Inventory {
         &self,
         request: Request<GetItemRequest>,
     ) -> Result<Response<GetItemResponse>, Status> {
-        let mut v = Violations::new();
-        let sku = v.parse("sku", Sku::parse(&request.get_ref().sku));
-        let sku = v.finish(sku)?;
+        let sku = validate::get_item(request.get_ref())?;
         match store::get_item(self.pool.get()?, &sku).await? {
             Some(item) => Ok(Response::new(GetItemResponse { item: Some(item) })),
             None => Err(Status::not_found(format!("no item with SKU {sku}"))),
@@ -64,19 +51,7 @@ impl InventoryService for Inventory {
         &self,
         request: Request<ListItemsRequest>,
     ) -> Result<Response<ListItemsResponse>, Status> {
-        let page = request.into_inner().page.unwrap_or_default();
-        let mut v = Violations::new();
-        let size = v.parse("page.page_size", limits::page_size(page.page_size));
-        let after = if page.page_token.is_empty() {
-            None
-        } else {
-            v.parse(
-                "page.page_token",
-                Sku::parse(&page.page_token).map_err(|_| "is not a token from this API"),
-            )
-        };
-        v.into_result()?;
-        let size = size.unwrap_or(limits::DEFAULT_PAGE_SIZE);
+        let (size, after) = validate::list_items(request.get_ref())?;
         let items = store::list_items(self.pool.get()?, after.as_ref(), size).await?;
         let next_page_token = if items.len() == size as usize {
             items.last().map(|i| i.sku.clone()).unwrap_or_default()
@@ -95,14 +70,7 @@ impl InventoryService for Inventory {
         request: Request<ReserveRequest>,
     ) -> Result<Response<ReserveResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::new();
-        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
-        let lines = validation::lines(
-            &mut v,
-            "lines",
-            r.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
-        );
-        let (key, order_id) = v.finish(keyed)?;
+        let ((key, order_id), lines) = validate::reserve(r)?;
         let response = store::reserve(self.pool.get()?, &key, r, order_id, &lines).await?;
         Ok(Response::new(response))
     }
@@ -113,10 +81,7 @@ impl InventoryService for Inventory {
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::new();
-        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
-        v.parse("reason", parse_text(&r.reason, MAX_REASON_LEN));
-        let (key, order_id) = v.finish(keyed)?;
+        let (key, order_id) = validate::release(r)?;
         Ok(Response::new(
             store::release(self.pool.get()?, &key, r, order_id).await?,
         ))
@@ -128,9 +93,7 @@ impl InventoryService for Inventory {
         request: Request<CommitRequest>,
     ) -> Result<Response<CommitResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::new();
-        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
-        let (key, order_id) = v.finish(keyed)?;
+        let (key, order_id) = validate::commit(r)?;
         Ok(Response::new(
             store::commit(self.pool.get()?, &key, r, order_id).await?,
         ))
@@ -141,9 +104,7 @@ impl InventoryService for Inventory {
         &self,
         request: Request<GetReservationRequest>,
     ) -> Result<Response<GetReservationResponse>, Status> {
-        let mut v = Violations::new();
-        let order_id = v.parse("order_id", parse_uuid(&request.get_ref().order_id));
-        let order_id = v.finish(order_id)?;
+        let order_id = validate::get_reservation(request.get_ref())?;
         match store::get_reservation(self.pool.get()?, order_id).await? {
             Some(reservation) => Ok(Response::new(GetReservationResponse {
                 reservation: Some(reservation),

@@ -6,6 +6,7 @@ mod api;
 mod consumer;
 mod metrics;
 mod store;
+pub mod validate;
 
 use std::future::Future;
 

@@ -4,14 +4,11 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use ordermesh::{
-    domain::{parse_required_text, parse_uuid},
-    limits,
     proto::{
         common::PageResponse,
         order::{order_service_server::OrderService, *},
     },
     ready::Ready,
-    validation::{self, Violations},
 };
 use tonic::{Request, Response, Status};
 
@@ -63,9 +60,7 @@ impl OrderService for Orders {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
-        let mut v = Violations::new();
-        let order_id = v.parse("order_id", parse_uuid(&request.get_ref().order_id));
-        let order_id = v.finish(order_id)?;
+        let order_id = validate::order_id(&request.get_ref().order_id)?;
         match read_model::get(self.deps.get()?, order_id).await? {
             Some(order) => Ok(Response::new(GetOrderResponse { order: Some(order) })),
             None => Err(Status::not_found(format!("no order {order_id}"))),
@@ -77,25 +72,16 @@ impl OrderService for Orders {
         &self,
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        let r = request.into_inner();
-        let mut v = Violations::new();
-        let (size, before) = validation::uuid_page(&mut v, r.page);
-        let status = match OrderStatus::try_from(r.status) {
-            Ok(OrderStatus::Unspecified) => None,
-            Ok(status) => Some(status),
-            Err(_) => {
-                v.add("status", format!("unknown order status {}", r.status));
-                None
-            }
-        };
-        v.check(
-            r.customer_id.len() <= 128,
-            "customer_id",
-            "must be at most 128 characters",
-        );
-        let size = v.finish(size)?;
-        let customer = (!r.customer_id.is_empty()).then_some(r.customer_id.as_str());
-        let orders = store::list(&self.deps.get()?.pool, customer, status, before, size).await?;
+        let q = validate::list_orders(request.get_ref())?;
+        let size = q.size;
+        let orders = store::list(
+            &self.deps.get()?.pool,
+            q.customer_id,
+            q.status,
+            q.before,
+            size,
+        )
+        .await?;
         let next_page_token = match orders.last() {
             Some(last) if orders.len() == size as usize => last.order_id.clone(),
             _ => String::new(),
@@ -112,13 +98,7 @@ impl OrderService for Orders {
         request: Request<CancelOrderRequest>,
     ) -> Result<Response<CancelOrderResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::new();
-        let order_id = v.parse("order_id", parse_uuid(&r.order_id));
-        v.parse(
-            "reason",
-            parse_required_text(&r.reason, limits::MAX_REASON_LEN),
-        );
-        let order_id = v.finish(order_id)?;
+        let order_id = validate::cancel_order(r)?;
         let deps = self.deps.get()?;
         let saga = state::load(&deps.pool, order_id)
             .await?
@@ -152,9 +132,7 @@ impl OrderService for Orders {
         &self,
         request: Request<GetSagaTimelineRequest>,
     ) -> Result<Response<GetSagaTimelineResponse>, Status> {
-        let mut v = Violations::new();
-        let order_id = v.parse("order_id", parse_uuid(&request.get_ref().order_id));
-        let order_id = v.finish(order_id)?;
+        let order_id = validate::order_id(&request.get_ref().order_id)?;
         let deps = self.deps.get()?;
         let order = store::get(&deps.pool, order_id)
             .await?
@@ -184,9 +162,7 @@ impl OrderService for Orders {
         &self,
         request: Request<WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
-        let mut v = Violations::new();
-        let order_id = v.parse("order_id", parse_uuid(&request.get_ref().order_id));
-        let order_id = v.finish(order_id)?;
+        let order_id = validate::order_id(&request.get_ref().order_id)?;
         let deps = self.deps.get()?;
         // Subscribe before reading, so a change between the read and the subscription is seen.
         let signals = deps.saga.changes.subscribe(order_id).await?;

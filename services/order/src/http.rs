@@ -30,7 +30,16 @@ use crate::api::Orders;
 /// Largest JSON body accepted.
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
-pub fn router(orders: Orders) -> Router {
+/// Decodes a `POST /api/v1/orders` body exactly as the route's JSON extractor does (whole input,
+/// no trailing data): the entry point of the `http_json` fuzz target.
+pub fn decode_create(body: &[u8]) -> Result<CreateOrderRequest, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = CreateBody::deserialize(&mut de)?;
+    de.end()?;
+    Ok(parsed.into_request())
+}
+
+pub(crate) fn router(orders: Orders) -> Router {
     Router::new()
         .route("/api/v1/orders", post(create))
         .route("/api/v1/orders/{order_id}", get(fetch))
@@ -38,9 +47,10 @@ pub fn router(orders: Orders) -> Router {
         .with_state(orders)
 }
 
+/// The JSON body of `POST /api/v1/orders`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub struct CreateBody {
     #[serde(default)]
     request_id: String,
     #[serde(default)]
@@ -91,6 +101,47 @@ struct AddressBody {
     country_code: String,
 }
 
+impl CreateBody {
+    /// The gRPC request this body stands for; an unknown shipping method becomes -1, which
+    /// validation rejects naming the field.
+    pub fn into_request(self) -> CreateOrderRequest {
+        let shipping_method = match self.shipping_method.to_ascii_lowercase().as_str() {
+            "" => ShippingMethod::Unspecified as i32,
+            "standard" => ShippingMethod::Standard as i32,
+            "express" => ShippingMethod::Express as i32,
+            "overnight" => ShippingMethod::Overnight as i32,
+            _ => -1, // rejected by validation, naming the field
+        };
+        CreateOrderRequest {
+            request_id: self.request_id,
+            customer_id: self.customer_id,
+            lines: self
+                .lines
+                .into_iter()
+                .map(|l| OrderLine {
+                    sku: l.sku,
+                    quantity: l.quantity,
+                    unit_price: l.unit_price.map(|m| Money {
+                        currency_code: m.currency_code,
+                        amount_minor: m.amount_minor,
+                    }),
+                })
+                .collect(),
+            shipping_address: self.shipping_address.map(|a| Address {
+                recipient_name: a.recipient_name,
+                line1: a.line1,
+                line2: a.line2,
+                city: a.city,
+                region: a.region,
+                postal_code: a.postal_code,
+                country_code: a.country_code,
+            }),
+            shipping_method,
+            payment_token: self.payment_token,
+        }
+    }
+}
+
 async fn create(
     State(orders): State<Orders>,
     body: Result<Json<CreateBody>, JsonRejection>,
@@ -112,40 +163,7 @@ async fn create(
             return error(http, code, &rejection.body_text(), &[]);
         }
     };
-    let shipping_method = match body.shipping_method.to_ascii_lowercase().as_str() {
-        "" => ShippingMethod::Unspecified as i32,
-        "standard" => ShippingMethod::Standard as i32,
-        "express" => ShippingMethod::Express as i32,
-        "overnight" => ShippingMethod::Overnight as i32,
-        _ => -1, // rejected by validation, naming the field
-    };
-    let request = CreateOrderRequest {
-        request_id: body.request_id,
-        customer_id: body.customer_id,
-        lines: body
-            .lines
-            .into_iter()
-            .map(|l| OrderLine {
-                sku: l.sku,
-                quantity: l.quantity,
-                unit_price: l.unit_price.map(|m| Money {
-                    currency_code: m.currency_code,
-                    amount_minor: m.amount_minor,
-                }),
-            })
-            .collect(),
-        shipping_address: body.shipping_address.map(|a| Address {
-            recipient_name: a.recipient_name,
-            line1: a.line1,
-            line2: a.line2,
-            city: a.city,
-            region: a.region,
-            postal_code: a.postal_code,
-            country_code: a.country_code,
-        }),
-        shipping_method,
-        payment_token: body.payment_token,
-    };
+    let request = body.into_request();
     match orders.create_order(tonic::Request::new(request)).await {
         Ok(response) => {
             let response = response.into_inner();

@@ -5,14 +5,14 @@
 
 mod api;
 mod changes;
-mod http;
+pub mod http;
 mod metrics;
-mod model;
+pub mod model;
 mod read_model;
 pub mod rebuild;
 pub mod saga;
 mod store;
-mod validate;
+pub mod validate;
 
 use std::{future::Future, sync::Arc};
 

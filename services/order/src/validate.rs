@@ -1,14 +1,19 @@
-//! Validation of CreateOrder: every problem reported at once, nothing stored on any of them.
+//! Request validation for every order RPC: every problem reported at once, nothing stored on
+//! any of them. Pure functions of the request, so the fuzz targets (`fuzz/`) drive them directly.
 
 use ordermesh::{
-    domain::{Currency, Money, parse_required_text, parse_text},
+    domain::{Currency, Money, parse_required_text, parse_text, parse_uuid},
+    limits,
     proto::{
         common::Address,
-        order::{CreateOrderRequest, ShippingMethod},
+        order::{
+            CancelOrderRequest, CreateOrderRequest, ListOrdersRequest, OrderStatus, ShippingMethod,
+        },
     },
     validation::{self, Violations},
 };
 use tonic::Status;
+use uuid::Uuid;
 
 use crate::model::{AddressRecord, LineRecord, NewOrder};
 
@@ -109,6 +114,58 @@ pub fn create_order(r: &CreateOrderRequest) -> Result<NewOrder, Status> {
         address,
         shipping_method,
     })
+}
+
+/// The `order_id` of GetOrder, GetSagaTimeline and WatchOrder.
+pub fn order_id(raw: &str) -> Result<Uuid, Status> {
+    let mut v = Violations::new();
+    let order_id = v.parse("order_id", parse_uuid(raw));
+    v.finish(order_id)
+}
+
+/// What ListOrders asks for: page size, the id to continue before, and the filters.
+#[derive(Debug)]
+pub struct ListQuery<'a> {
+    pub size: u32,
+    pub before: Option<Uuid>,
+    pub customer_id: Option<&'a str>,
+    pub status: Option<OrderStatus>,
+}
+
+pub fn list_orders(r: &ListOrdersRequest) -> Result<ListQuery<'_>, Status> {
+    let mut v = Violations::new();
+    let (size, before) = validation::uuid_page(&mut v, r.page.clone());
+    let status = match OrderStatus::try_from(r.status) {
+        Ok(OrderStatus::Unspecified) => None,
+        Ok(status) => Some(status),
+        Err(_) => {
+            v.add("status", format!("unknown order status {}", r.status));
+            None
+        }
+    };
+    v.check(
+        r.customer_id.len() <= MAX_ID_LEN,
+        "customer_id",
+        format!("must be at most {MAX_ID_LEN} characters"),
+    );
+    let size = v.finish(size)?;
+    Ok(ListQuery {
+        size,
+        before,
+        customer_id: (!r.customer_id.is_empty()).then_some(r.customer_id.as_str()),
+        status,
+    })
+}
+
+/// The order to cancel; the reason is required (it is shown to the customer).
+pub fn cancel_order(r: &CancelOrderRequest) -> Result<Uuid, Status> {
+    let mut v = Violations::new();
+    let order_id = v.parse("order_id", parse_uuid(&r.order_id));
+    v.parse(
+        "reason",
+        parse_required_text(&r.reason, limits::MAX_REASON_LEN),
+    );
+    v.finish(order_id)
 }
 
 /// 1-128 printable ASCII characters: client request ids, customer ids.

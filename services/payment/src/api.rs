@@ -1,16 +1,13 @@
 //! The gRPC surface of the payment service. Every response carries `x-payment-version`.
 
 use ordermesh::{
-    domain::{Money, parse_required_text, parse_text, parse_uuid},
-    limits::MAX_REASON_LEN,
     proto::payment::{payment_service_server::PaymentService, *},
     ready::Ready,
-    validation::{self, Violations},
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
-use crate::{processor::Version, store};
+use crate::{processor::Version, store, validate};
 
 pub struct Payments {
     pool: Ready<PgPool>,
@@ -41,15 +38,7 @@ impl PaymentService for Payments {
         request: Request<ChargeRequest>,
     ) -> Result<Response<ChargeResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::new();
-        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
-        let amount = v.parse("amount", Money::parse(r.amount.as_ref()));
-        if let Some(a) = amount {
-            v.check(a.minor > 0, "amount.amount_minor", "must be greater than 0");
-        }
-        v.parse("payment_token", parse_required_text(&r.payment_token, 256));
-        v.parse("customer_id", parse_text(&r.customer_id, 128));
-        let ((key, order_id), amount) = v.finish(keyed.zip(amount))?;
+        let ((key, order_id), amount) = validate::charge(r)?;
         let charge = store::Charge {
             order_id,
             currency: amount.currency.as_str(),
@@ -77,16 +66,7 @@ impl PaymentService for Payments {
         request: Request<RefundRequest>,
     ) -> Result<Response<RefundResponse>, Status> {
         let r = request.get_ref();
-        let mut v = Violations::new();
-        let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
-        let amount = match &r.amount {
-            None => Some(None),
-            Some(m) => v
-                .parse("amount", Money::parse(Some(m)))
-                .map(|m| Some(m.minor)),
-        };
-        v.parse("reason", parse_text(&r.reason, MAX_REASON_LEN));
-        let ((key, order_id), amount) = v.finish(keyed.zip(amount))?;
+        let ((key, order_id), amount) = validate::refund(r)?;
         let response =
             store::refund(self.pool.get()?, &key, r, order_id, amount, &r.reason).await?;
         Ok(self.respond(response))
@@ -97,9 +77,7 @@ impl PaymentService for Payments {
         &self,
         request: Request<GetPaymentRequest>,
     ) -> Result<Response<GetPaymentResponse>, Status> {
-        let mut v = Violations::new();
-        let order_id = v.parse("order_id", parse_uuid(&request.get_ref().order_id));
-        let order_id = v.finish(order_id)?;
+        let order_id = validate::get_payment(request.get_ref())?;
         match store::get(self.pool.get()?, order_id).await? {
             Some(payment) => Ok(self.respond(GetPaymentResponse {
                 payment: Some(payment),

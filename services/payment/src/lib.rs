@@ -7,6 +7,7 @@ mod api;
 mod metrics;
 mod processor;
 mod store;
+pub mod validate;
 
 use std::future::Future;
 

@@ -42,6 +42,30 @@ pub mod dead_letter {
     pub const ORIGINAL_SUBJECT: &str = "Ordermesh-Original-Subject";
     /// How many times it was delivered before it was given up.
     pub const DELIVERY_COUNT: &str = "Ordermesh-Delivery-Count";
-    /// The last error, at most 500 characters.
+    /// The last error, at most 500 characters (see [`last_error`]).
     pub const LAST_ERROR: &str = "Ordermesh-Last-Error";
+
+    /// An error text as a header value: at most 500 characters, line breaks and other control
+    /// characters turned into spaces. NATS headers are lines, and async-nats panics on a value
+    /// with CR or LF in it; error texts from callees and drivers may contain both (found by the
+    /// `jetstream_messages` fuzz target).
+    pub fn last_error(error: &str) -> String {
+        error
+            .chars()
+            .take(500)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn last_error_is_one_bounded_header_line() {
+            let value = super::last_error(&format!("upstream said:\r\nno\u{0}{}", "x".repeat(900)));
+            assert!(value.starts_with("upstream said:  no "));
+            assert_eq!(value.chars().count(), 500);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(super::LAST_ERROR, value.as_str());
+        }
+    }
 }

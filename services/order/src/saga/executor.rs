@@ -417,7 +417,7 @@ impl Worker {
         headers.insert(dead_letter::DELIVERY_COUNT, delivered.to_string().as_str());
         headers.insert(
             dead_letter::LAST_ERROR,
-            error.chars().take(500).collect::<String>().as_str(),
+            dead_letter::last_error(error).as_str(),
         );
         headers.insert("Nats-Msg-Id", Uuid::now_v7().to_string().as_str());
         let subject = self.saga.names.dead_letter_subject("saga");

@@ -5,11 +5,13 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help infra up build build-release test lint fmt clean
+.PHONY: help infra up build build-release test lint fmt fuzz fuzz-smoke bench clean
 
 help:
 	@echo "make up    - install what is missing, build (release), start the mesh, place a demo order"
 	@echo "make test  - install what is missing, then fmt check, clippy and the whole test suite"
+	@echo "make fuzz  - run every fuzz target FUZZ_SECONDS (default 60) and keep the corpus"
+	@echo "make bench - step search for the highest sustained order rate; writes bench/results/"
 
 infra:
 	@scripts/infra.sh
@@ -25,16 +27,33 @@ up: infra build-release
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) deny check licenses bans sources
 
 # Service binaries are built first: the end-to-end tests start them as separate processes.
-test: infra lint build
+test: infra lint build fuzz-smoke
 	source .ordermesh/infra.env && $(CARGO) test --workspace
+
+FUZZ_SECONDS ?= 60
+
+# A few seconds per fuzz target from the committed corpus (scripts/fuzz.sh).
+fuzz-smoke: infra
+	scripts/fuzz.sh smoke 3
+
+fuzz: infra
+	scripts/fuzz.sh run $(FUZZ_SECONDS)
+
+# BENCH_ARGS are passed to scripts/bench.py, e.g. BENCH_ARGS="--step-seconds 30 --start-rate 200".
+BENCH_ARGS ?=
+bench: infra build-release
+	python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore matplotlib
+	source .ordermesh/infra.env && python3 scripts/bench.py $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all
 
 clean:
 	$(CARGO) clean
+	rm -rf fuzz/target fuzz/artifacts
 	rm -rf .ordermesh

@@ -59,10 +59,7 @@ pub fn init(service_name: &str, log: &LogSettings) -> Result<TelemetryGuard, Tel
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
-    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
+    install_propagator();
     global::set_tracer_provider(provider.clone());
 
     let filter_text = std::env::var("RUST_LOG").unwrap_or_else(|_| log.filter.clone());
@@ -131,6 +128,15 @@ fn trace_id_in(fields: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(fields).ok()?;
     let id = value.get("trace_id")?.as_str()?;
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+}
+
+/// Makes W3C `traceparent`/`tracestate` and `baggage` the headers that carry trace context in
+/// and out of every process (gRPC metadata and NATS headers alike).
+pub fn install_propagator() {
+    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! the test ends, also when it panics. `TEST_LOG=1` echoes service logs.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod saga;
 
 use std::{

@@ -43,3 +43,10 @@ pub use ordermesh::{order::v1 as order, payment::v1 as payment, shipping::v1 as 
 /// Encoded `FileDescriptorSet` of every contract (and the Google types they import), served by
 /// gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ordermesh_descriptor");
+
+impl order::OrderStatus {
+    /// CONFIRMED, CANCELLED or FAILED: the order will not change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Confirmed | Self::Cancelled | Self::Failed)
+    }
+}

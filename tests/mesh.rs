@@ -14,7 +14,7 @@ use std::{
 
 use common::{
     ServiceProcess, TestEnv, binary, free_port, http_get,
-    saga::{is_terminal, order, place_with, stock, watch_to_end},
+    saga::{order, place_with, stock, watch_to_end},
 };
 use nix::sys::signal::Signal;
 use ordermesh::{
@@ -292,7 +292,7 @@ async fn a_rolling_restart_of_every_instance_loses_no_call_and_no_order() {
                 .and_then(|r| r.into_inner().order)
                 .map(|o| o.status());
             match status {
-                Some(status) if is_terminal(status) => {
+                Some(status) if status.is_terminal() => {
                     assert_eq!(status, OrderStatus::Confirmed, "order {id}");
                 }
                 _ => still.push(id),

@@ -285,17 +285,30 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                     s.created += 1;
                     let _ = s.create.record(micros(create_latency));
                 }
-                let mut watch = client
-                    .watch_order(WatchOrderRequest {
-                        order_id: created.order_id,
-                    })
-                    .await?
-                    .into_inner();
-                let mut last = created.status;
-                while let Some(update) = watch.message().await? {
-                    last = update.order.map(|o| o.status).unwrap_or(last);
+                // A watch ends at the server's maximum request duration with DEADLINE_EXCEEDED
+                // when the order is not final yet: watch again (bounded by --drain).
+                let mut last = OrderStatus::try_from(created.status).unwrap_or_default();
+                while !last.is_terminal() {
+                    let mut watch = client
+                        .watch_order(WatchOrderRequest {
+                            order_id: created.order_id.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    loop {
+                        match watch.message().await {
+                            Ok(Some(update)) => {
+                                if let Some(o) = update.order {
+                                    last = o.status();
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(status) if status.code() == Code::DeadlineExceeded => break,
+                            Err(status) => return Err(status),
+                        }
+                    }
                 }
-                Ok::<_, tonic::Status>(OrderStatus::try_from(last).unwrap_or_default())
+                Ok::<_, tonic::Status>(last)
             }
             .await;
             let Ok(mut s) = stats.lock() else { return };

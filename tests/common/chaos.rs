@@ -635,7 +635,7 @@ pub async fn settle(
     loop {
         let mut open = 0;
         for (i, p) in sent.placed.iter().enumerate() {
-            if saga::is_terminal(statuses[i]) {
+            if statuses[i].is_terminal() {
                 continue;
             }
             let request = GetOrderRequest {
@@ -645,7 +645,7 @@ pub async fn settle(
                 && let Some(o) = r.into_inner().order
             {
                 statuses[i] = o.status();
-                if saga::is_terminal(statuses[i]) {
+                if statuses[i].is_terminal() {
                     let time = |t: Option<prost_types::Timestamp>| {
                         t.and_then(|t| std::time::SystemTime::try_from(t).ok())
                     };
@@ -696,7 +696,7 @@ pub async fn settle(
         confirmed: count(OrderStatus::Confirmed),
         cancelled: count(OrderStatus::Cancelled),
         failed: count(OrderStatus::Failed),
-        stuck: statuses.iter().filter(|s| !saga::is_terminal(**s)).count() as u64,
+        stuck: statuses.iter().filter(|s| !s.is_terminal()).count() as u64,
         not_accepted: sent.not_accepted,
         unconfirmed_normal,
         wrongly_confirmed,

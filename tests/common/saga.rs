@@ -91,13 +91,6 @@ pub async fn stock(inventory: &mut InventoryServiceClient<Channel>, sku: &str, a
         .expect("set stock");
 }
 
-pub fn is_terminal(status: OrderStatus) -> bool {
-    matches!(
-        status,
-        OrderStatus::Confirmed | OrderStatus::Cancelled | OrderStatus::Failed
-    )
-}
-
 /// Follows WatchOrder until the order is terminal; returns every status seen and the last order.
 pub async fn watch_to_end(
     client: &mut OrderServiceClient<Channel>,
@@ -125,7 +118,7 @@ pub async fn watch_to_end(
             .order
             .expect("order");
         seen.push(order.status());
-        if is_terminal(order.status()) {
+        if order.status().is_terminal() {
             return (seen, order);
         }
     }

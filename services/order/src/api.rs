@@ -189,7 +189,7 @@ impl OrderService for Orders {
             loop {
                 if let Some(order) = w.pending.take().filter(|o| o.version > w.last_version) {
                     w.last_version = order.version;
-                    w.done = is_terminal(order.status());
+                    w.done = order.status().is_terminal();
                     return Some((Ok(WatchOrderResponse { order: Some(order) }), w));
                 }
                 tokio::select! {
@@ -233,10 +233,3 @@ struct Watch {
 
 /// Re-read even without a signal this often (signals are best-effort).
 const WATCH_FALLBACK: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn is_terminal(status: OrderStatus) -> bool {
-    matches!(
-        status,
-        OrderStatus::Confirmed | OrderStatus::Cancelled | OrderStatus::Failed
-    )
-}

@@ -181,18 +181,29 @@ pub async fn load(pool: &PgPool, order_id: Uuid) -> Result<Option<Saga>, Status>
     Ok(row.map(Into::into))
 }
 
-/// Counts an attempt of `step` for the timeline.
-pub async fn mark_attempt(pool: &PgPool, order_id: Uuid, step: Step) -> Result<(), Status> {
-    sqlx::query(
-        "UPDATE saga_steps SET attempts = attempts + 1, status = 'running', started_at = coalesce(started_at, now())
-         WHERE order_id = $1 AND step = $2",
-    )
+/// Loads the saga for a delivery of `step` and, when `step` is its current step, counts the
+/// attempt for the timeline in the same statement: one round trip and one commit per delivery
+/// instead of a read and a separate write.
+pub async fn begin_attempt(
+    pool: &PgPool,
+    order_id: Uuid,
+    step: Step,
+) -> Result<Option<Saga>, Status> {
+    let row: Option<SagaRow> = sqlx::query_as(&format!(
+        "WITH attempt AS (
+             UPDATE saga_steps SET attempts = attempts + 1, status = 'running',
+                    started_at = coalesce(started_at, now())
+             WHERE order_id = $1 AND step = $2
+               AND EXISTS (SELECT 1 FROM sagas WHERE order_id = $1 AND current_step = $2)
+         )
+         SELECT {SAGA_COLUMNS} FROM sagas WHERE order_id = $1"
+    ))
     .bind(order_id)
     .bind(step.name())
-    .execute(pool)
+    .fetch_optional(pool)
     .await
     .map_err(db::status)?;
-    Ok(())
+    Ok(row.map(Into::into))
 }
 
 async fn finish(

@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""`make bench`: the highest sustained order rate of the local mesh, and what it costs.
+
+Starts a fresh mesh (release binaries, a namespace of its own, so fresh databases and streams),
+then:
+  1. measures the machine's raw durable-write bound with pgbench running a saga-step-like
+     transaction (update the saga row, append a step record and an outbox row, commit with
+     fsync), so the result can be read as a ratio;
+  2. searches for the highest offered rate at which `ordermesh load` (open loop) keeps p99
+     end-to-end latency under --p99-ms and the success ratio at or above --success for
+     --step-seconds: it raises the rate by --growth until a step fails, then bisects;
+  3. for every step, reads from /proc the CPU time of every process of the system (services,
+     PostgreSQL, nats-server, Redis) and the peak RSS of each service.
+Writes bench/results/<date>.json and bench/results/<date>.png (latency percentiles against the
+offered rate) and prints a table. Needs `make infra` and `cargo build --release` (the Makefile
+target does both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release"
+SERVICES = ["order", "inventory", "payment", "shipping", "notification"]
+# Ports well away from `make up` (50051...) so both can run at once.
+GRPC_BASE = 17100
+ADMIN_BASE = 17200
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+INFRA = {"postgres": "postgresql", "nats-server": "nats-server", "redis-server": "redis"}
+
+
+def log(msg: str) -> None:
+    print(f"==> {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--step-seconds", type=int, default=60, help="measured seconds per rate (default 60)")
+    p.add_argument("--warmup-seconds", type=int, default=10, help="unmeasured seconds before each step")
+    p.add_argument("--start-rate", type=float, default=100.0, help="first offered rate, orders/s")
+    p.add_argument("--growth", type=float, default=1.5, help="rate multiplier while steps pass")
+    p.add_argument("--max-rate", type=float, default=5000.0, help="never offer more than this")
+    p.add_argument("--bisect", type=int, default=2, help="bisection steps after the first failure")
+    p.add_argument("--p99-ms", type=float, default=1000.0, help="end-to-end p99 a step must stay under")
+    p.add_argument("--success", type=float, default=0.999, help="success ratio a step must reach")
+    p.add_argument("--pgbench-seconds", type=int, default=20, help="length of the raw-bound run")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results directory")
+    args = p.parse_args()
+    for name in ("step_seconds", "pgbench_seconds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 1.0 < args.growth <= 4.0:
+        p.error("--growth must be above 1 and at most 4")
+    if not 0.0 < args.success <= 1.0:
+        p.error("--success must be in (0, 1]")
+    if args.start_rate <= 0 or args.max_rate < args.start_rate:
+        p.error("--start-rate must be positive and at most --max-rate")
+    return args
+
+
+# --- /proc -------------------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(comm, parent pid, CPU ticks incl. reaped children) of a process, None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    # fields[0] is state (field 3); utime, stime, cutime, cstime are fields 14-17.
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return comm, int(fields[1]), ticks
+
+
+def processes() -> dict[int, tuple[str, int, int]]:
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (s := proc_stat(int(entry))):
+            out[int(entry)] = s
+    return out
+
+
+def group_of(pid: int, comm: str, ppid: int, mesh_pid: int) -> str | None:
+    if ppid == mesh_pid and comm.startswith("ordermesh-"):
+        # comm is cut at 15 characters: "ordermesh-inven".
+        short = comm.removeprefix("ordermesh-")
+        return next((s for s in SERVICES if s.startswith(short)), short)
+    for name, group in INFRA.items():
+        if comm.startswith(name):
+            return group
+    return None
+
+
+def cpu_by_group(mesh_pid: int) -> dict[str, float]:
+    """CPU seconds so far of each service and of PostgreSQL, nats-server and Redis (all processes)."""
+    totals: dict[str, float] = {}
+    for pid, (comm, ppid, ticks) in processes().items():
+        group = group_of(pid, comm, ppid, mesh_pid)
+        if group:
+            totals[group] = totals.get(group, 0.0) + ticks / CLK_TCK
+    return totals
+
+
+def peak_rss_mib(mesh_pid: int) -> dict[str, float]:
+    """VmHWM (peak resident set) of each service process, MiB."""
+    out = {}
+    for pid, (comm, ppid, _) in processes().items():
+        group = group_of(pid, comm, ppid, mesh_pid)
+        if group in SERVICES:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            if m := re.search(r"^VmHWM:\s+(\d+) kB", status, re.M):
+                out[group] = round(int(m.group(1)) / 1024, 1)
+    return out
+
+
+# --- the mesh ----------------------------------------------------------------------------------
+
+
+def service_env(namespace: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["ORDERMESH_NAMESPACE"] = namespace
+    env["ORDERMESH_LOG__FORMAT"] = "json"
+    env.setdefault("RUST_LOG", "warn")
+    for i, svc in enumerate(SERVICES):
+        env[f"ORDERMESH_ENDPOINTS__{svc.upper()}"] = f"http://127.0.0.1:{GRPC_BASE + i}"
+    return env
+
+
+def drop_databases(namespace: str) -> None:
+    for svc in SERVICES:
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE IF EXISTS "{namespace}_{svc}" WITH (FORCE)'],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+def start_mesh(namespace: str, logfile) -> subprocess.Popen:
+    mesh = subprocess.Popen(
+        [str(BIN / "ordermesh"), "up", "--bin-dir", str(BIN), "--grpc-base-port", str(GRPC_BASE), "--admin-base-port", str(ADMIN_BASE)],
+        env=service_env(namespace),
+        stdout=subprocess.PIPE,
+        stderr=logfile,
+        text=True,
+    )
+    assert mesh.stdout is not None
+    for line in mesh.stdout:
+        logfile.write(line)
+        if "processes SERVING" in line:
+            return mesh
+    raise SystemExit(f"the mesh did not come up; see {logfile.name}")
+
+
+def stop_mesh(mesh: subprocess.Popen) -> None:
+    mesh.send_signal(signal.SIGINT)
+    try:
+        mesh.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        mesh.kill()
+
+
+# --- pgbench -----------------------------------------------------------------------------------
+
+PGBENCH_SCHEMA = """
+DROP TABLE IF EXISTS saga, saga_step, outbox;
+CREATE TABLE saga (order_id bigint PRIMARY KEY, step text NOT NULL, version int NOT NULL, updated_at timestamptz NOT NULL);
+CREATE TABLE saga_step (id bigserial PRIMARY KEY, order_id bigint NOT NULL, step text NOT NULL, outcome text NOT NULL, at timestamptz NOT NULL);
+CREATE TABLE outbox (id bigserial PRIMARY KEY, msg_id uuid NOT NULL, subject text NOT NULL, payload bytea NOT NULL, headers jsonb NOT NULL);
+INSERT INTO saga SELECT g, 'reserve-inventory', 0, now() FROM generate_series(1, 100000) g;
+"""
+
+# One saga step's durable write: move the saga on, record the step, queue the next message.
+PGBENCH_STEP = """\\set id random(1, 100000)
+BEGIN;
+UPDATE saga SET step = 'charge-payment', version = version + 1, updated_at = now() WHERE order_id = :id;
+INSERT INTO saga_step (order_id, step, outcome, at) VALUES (:id, 'reserve-inventory', 'done', now());
+INSERT INTO outbox (msg_id, subject, payload, headers) VALUES (gen_random_uuid(), 'saga.step.charge-payment', '\\x7b7d', '{}');
+COMMIT;
+"""
+
+
+def pgbench_bound(seconds: int) -> dict:
+    pgbench = shutil.which("pgbench") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))), None)
+    if not pgbench:
+        return {"error": "pgbench not found (apt-get install postgresql-contrib)"}
+    db = "ordermesh_bench_pgbench"
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-q"]
+    subprocess.run(psql + ["-c", f"DROP DATABASE IF EXISTS {db}", "-c", f"CREATE DATABASE {db}"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        subprocess.run(psql + ["-d", db], input=PGBENCH_SCHEMA, text=True, check=True, stdout=subprocess.DEVNULL)
+        with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+            script.write(PGBENCH_STEP)
+            script.flush()
+            clients = 16
+            run = subprocess.run(
+                [str(pgbench), "-h", "127.0.0.1", "-U", "postgres", "-n", "-c", str(clients), "-j", "2", "-T", str(seconds), "-f", script.name, db],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        tps = float(re.search(r"tps = ([\d.]+)", run.stdout).group(1))
+        return {"transactions_per_s": round(tps, 1), "clients": clients, "seconds": seconds, "transaction": "UPDATE saga + INSERT step + INSERT outbox, one commit"}
+    finally:
+        subprocess.run(psql + ["-c", f"DROP DATABASE IF EXISTS {db}"], check=False, stdout=subprocess.DEVNULL)
+
+
+def commits_per_order(namespace: str) -> float | None:
+    """Transactions committed in the mesh's five databases per order placed (from pg_stat_database)."""
+    names = ",".join(f"'{namespace}_{s}'" for s in SERVICES)
+    out = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", f"SELECT sum(xact_commit) FROM pg_stat_database WHERE datname IN ({names})"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    orders = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", f"{namespace}_order", "-tAc", "SELECT count(*) FROM sagas"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if not out or not orders.isdigit() or int(orders) == 0:
+        return None
+    return round(float(out) / int(orders), 1)
+
+
+# --- the search --------------------------------------------------------------------------------
+
+
+def cpu_per_order(result: dict, warmup_seconds: int) -> float | None:
+    """CPU ms per order: the CPU was read around the whole run, warm-up included, so the orders
+    of the warm-up (sent at the same rate, left out of the latency figures) count too."""
+    finished = result["confirmed"] + result["cancelled"] + result["failed"]
+    orders = finished + result["offered_rate"] * warmup_seconds
+    return round(1000 * sum(result["cpu_seconds"].values()) / orders, 2) if finished else None
+
+
+def run_step(rate: float, args: argparse.Namespace, namespace: str, mesh_pid: int, seed: bool) -> dict:
+    cpu_before = cpu_by_group(mesh_pid)
+    load = [
+        str(BIN / "ordermesh"), "load", "--json",
+        "--rate", f"{rate:g}",
+        "--duration", f"{args.step_seconds}s",
+        "--warmup", f"{args.warmup_seconds}s",
+        "--skus", "1000", "--customers", "10000",
+        "--max-in-flight", "20000",
+    ]
+    if not seed:
+        load.append("--no-seed")
+    done = subprocess.run(load, env=service_env(namespace), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"ordermesh load failed at {rate:g}/s:\n{done.stderr}")
+    result = json.loads(done.stdout)
+    cpu_after = cpu_by_group(mesh_pid)
+    cpu = {g: round(cpu_after.get(g, 0.0) - cpu_before.get(g, 0.0), 2) for g in cpu_after}
+    result["cpu_seconds"] = cpu
+    result["cpu_ms_per_order"] = cpu_per_order(result, args.warmup_seconds)
+    e2e = result["end_to_end_latency"]
+    result["passed"] = e2e["p99_ms"] < args.p99_ms and result["success_ratio"] >= args.success and result["unfinished"] == 0
+    return result
+
+
+def search(args: argparse.Namespace, namespace: str, mesh_pid: int) -> list[dict]:
+    steps: list[dict] = []
+
+    def step(rate: float) -> bool:
+        log(f"offering {rate:g} orders/s for {args.warmup_seconds}+{args.step_seconds} s")
+        r = run_step(rate, args, namespace, mesh_pid, seed=not steps)
+        steps.append(r)
+        e2e = r["end_to_end_latency"]
+        log(f"  {'pass' if r['passed'] else 'FAIL'}: {r['throughput_per_s']:.1f}/s done, p99 {e2e['p99_ms']:.0f} ms, success {r['success_ratio']:.4f}, {r['cpu_ms_per_order']} ms CPU/order")
+        return r["passed"]
+
+    rate, good, bad = args.start_rate, None, None
+    while rate <= args.max_rate:
+        if step(rate):
+            good = rate
+            rate = round(rate * args.growth)
+        else:
+            bad = rate
+            break
+    if good is None or bad is None:
+        return steps
+    for _ in range(args.bisect):
+        mid = round((good + bad) / 2)
+        if mid in (good, bad):
+            break
+        if step(mid):
+            good = mid
+        else:
+            bad = mid
+    return steps
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "unknown")
+    mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) // 1024 // 1024
+    return {"cpus": os.cpu_count(), "cpu_model": cpu, "memory_gib": mem, "kernel": platform.release()}
+
+
+def plot(report: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: no plot (pip install matplotlib)")
+        return False
+    steps = sorted(report["steps"], key=lambda s: s["offered_rate"])
+    rates = [s["offered_rate"] for s in steps]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
+        ax.plot(rates, [s["end_to_end_latency"][key] for s in steps], marker="o", label=f"end to end {label}")
+    ax.plot(rates, [s["create_latency"]["p99_ms"] for s in steps], marker="x", linestyle="--", label="CreateOrder p99")
+    ax.axhline(report["criteria"]["p99_ms"], color="grey", linestyle=":", label="p99 limit")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered rate (orders/s, open loop)")
+    ax.set_ylabel("latency (ms, log scale)")
+    m = report["machine"]
+    ax.set_title(f"ordermesh {report['date']}: {m['cpus']} cores, {m['memory_gib']} GiB; best {report['best_rate']} orders/s")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def table(report: dict) -> str:
+    lines = [
+        "| offered /s | done /s | success | e2e p50 ms | e2e p99 ms | e2e p99.9 ms | create p99 ms | CPU ms/order | result |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in sorted(report["steps"], key=lambda s: s["offered_rate"]):
+        e, c = s["end_to_end_latency"], s["create_latency"]
+        lines.append(
+            f"| {s['offered_rate']:g} | {s['throughput_per_s']:.1f} | {s['success_ratio']:.4f} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['p999_ms']:.0f} | {c['p99_ms']:.0f} | {s['cpu_ms_per_order']} | {'pass' if s['passed'] else 'fail'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ["PGOPTIONS"] = "-c client_min_messages=warning"  # no NOTICEs from DROP IF EXISTS
+    if not (BIN / "ordermesh").exists():
+        raise SystemExit("no release build: run `make bench` (or cargo build --release --workspace --bins)")
+    today = dt.date.today().isoformat()
+    namespace = "bench" + dt.datetime.now().strftime("%H%M%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    logpath = args.out / f"{today}.mesh.log"
+
+    log(f"pgbench: saga-step-like transactions for {args.pgbench_seconds} s")
+    bound = pgbench_bound(args.pgbench_seconds)
+    log(f"  raw bound: {bound}")
+
+    drop_databases(namespace)
+    with open(logpath, "w") as logfile:
+        log(f"starting the mesh (namespace {namespace}, logs in {logpath})")
+        mesh = start_mesh(namespace, logfile)
+        try:
+            steps = search(args, namespace, mesh.pid)
+            rss = peak_rss_mib(mesh.pid)
+            commits = commits_per_order(namespace)
+        finally:
+            stop_mesh(mesh)
+    drop_databases(namespace)
+    logpath.unlink(missing_ok=True)
+
+    passed = [s for s in steps if s["passed"]]
+    best = max(passed, key=lambda s: s["offered_rate"]) if passed else None
+    report = {
+        "date": today,
+        "machine": machine(),
+        "criteria": {"p99_ms": args.p99_ms, "success": args.success, "step_seconds": args.step_seconds, "warmup_seconds": args.warmup_seconds},
+        "best_rate": best["offered_rate"] if best else None,
+        "best": best,
+        "peak_rss_mib": rss,
+        "commits_per_order": commits,
+        "pgbench": bound,
+        "steps": steps,
+    }
+    if best and commits and "transactions_per_s" in bound:
+        # The most orders/s this machine could commit if the mesh did nothing but its commits.
+        report["raw_bound_orders_per_s"] = round(bound["transactions_per_s"] / commits, 1)
+        report["ratio_to_raw_bound"] = round(best["offered_rate"] / report["raw_bound_orders_per_s"], 3)
+    out = args.out / f"{today}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    png = args.out / f"{today}.png"
+    plotted = plot(report, png)
+    print(table(report))
+    print()
+    print(f"best sustained rate: {report['best_rate']} orders/s (p99 < {args.p99_ms:g} ms, success >= {args.success})")
+    if best:
+        print(f"CPU per completed order at that rate: {best['cpu_ms_per_order']} ms ({best['cpu_seconds']})")
+    print(f"peak RSS per service (MiB): {rss}")
+    print(f"pgbench saga-step bound: {bound.get('transactions_per_s')} tx/s; {commits} commits per order -> {report.get('raw_bound_orders_per_s')} orders/s; ratio {report.get('ratio_to_raw_bound')}")
+    print(f"wrote {out}" + (f" and {png}" if plotted else ""))
+
+
+if __name__ == "__main__":
+    main()

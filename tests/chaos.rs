@@ -47,33 +47,48 @@ async fn seed(mesh: &Mesh) {
     chaos::seed_stock(&mut inventory).await;
 }
 
-/// Streams orders for `before`, runs `fault` (which returns once the fault is over), streams for
-/// `after`, then settles: the verdict of the scenario.
-async fn scenario<F: std::future::Future<Output = ()>>(
-    name: &str,
-    env: &TestEnv,
-    order: Channel,
-    check_env: &[(String, String)],
+/// One scenario: its name, and how its order stream runs around the fault.
+struct Scenario<'a> {
+    name: &'a str,
+    env: &'a TestEnv,
+    /// Settings `ordermesh check` needs beyond the test's own (a private PostgreSQL's URL).
+    check_env: Vec<(String, String)>,
     rate: f64,
-    (before, after): (Duration, Duration),
-    fault: F,
-) -> Verdict {
-    let stream = OrderStream::start(order.clone(), rate, &env.namespace);
-    sleep(before).await;
-    fault.await;
-    let fault_ended = std::time::SystemTime::now();
-    sleep(after).await;
-    let sent = stream.stop().await;
-    chaos::settle(
-        name,
-        env,
-        check_env,
-        order,
-        sent,
-        fault_ended,
-        Duration::from_secs(120),
-    )
-    .await
+    /// Orders streamed before the fault starts and after it ends.
+    window: (Duration, Duration),
+}
+
+impl<'a> Scenario<'a> {
+    fn new(name: &'a str, env: &'a TestEnv) -> Scenario<'a> {
+        Scenario {
+            name,
+            env,
+            check_env: Vec::new(),
+            rate: RATE,
+            window: WINDOW,
+        }
+    }
+
+    /// Streams orders, runs `fault` (which returns once the fault is over), streams on, then
+    /// settles: the verdict of the scenario.
+    async fn run(self, order: Channel, fault: impl std::future::Future<Output = ()>) -> Verdict {
+        let stream = OrderStream::start(order.clone(), self.rate, &self.env.namespace);
+        sleep(self.window.0).await;
+        fault.await;
+        let fault_ended = std::time::SystemTime::now();
+        sleep(self.window.1).await;
+        let sent = stream.stop().await;
+        chaos::settle(
+            self.name,
+            self.env,
+            &self.check_env,
+            order,
+            sent,
+            fault_ended,
+            Duration::from_secs(120),
+        )
+        .await
+    }
 }
 
 /// Orders streamed before the fault starts and after it ends.
@@ -105,16 +120,9 @@ async fn kill_9_of_payment_mid_stream_loses_and_doubles_nothing() {
         ServiceName::Payment,
         Duration::from_secs(2),
     );
-    let verdict = scenario(
-        "kill -9 payment, 2 s down",
-        &env,
-        order,
-        &[],
-        RATE,
-        WINDOW,
-        fault,
-    )
-    .await;
+    let verdict = Scenario::new("kill -9 payment, 2 s down", &env)
+        .run(order, fault)
+        .await;
     verdict.assert_clean(0.0);
 }
 
@@ -133,16 +141,9 @@ async fn sigstop_of_payment_beyond_its_step_timeout_compensates_cleanly() {
         freeze(payment, false);
     };
     let order = order_channel(&mesh).await;
-    let verdict = scenario(
-        "SIGSTOP payment 6 s (step timeout 3 s)",
-        &env,
-        order,
-        &[],
-        RATE,
-        WINDOW,
-        fault,
-    )
-    .await;
+    let verdict = Scenario::new("SIGSTOP payment 6 s (step timeout 3 s)", &env)
+        .run(order, fault)
+        .await;
     // Orders caught in the hang may be cancelled; nothing may be stuck, charged-and-cancelled
     // without a refund, or unbalanced.
     verdict.assert_clean(1.0);
@@ -164,16 +165,9 @@ async fn nats_server_killed_and_restarted_loses_nothing() {
         nats.restart().await;
     };
     let order = order_channel(&mesh).await;
-    let verdict = scenario(
-        "nats-server kill -9, 3 s down, restart",
-        &env,
-        order,
-        &[],
-        RATE,
-        WINDOW,
-        fault,
-    )
-    .await;
+    let verdict = Scenario::new("nats-server kill -9, 3 s down, restart", &env)
+        .run(order, fault)
+        .await;
     verdict.assert_clean(0.0);
 }
 
@@ -198,16 +192,9 @@ async fn kill_9_of_each_service_in_turn_loses_and_doubles_nothing() {
             sleep(Duration::from_secs(2)).await;
         }
     };
-    let verdict = scenario(
-        "kill -9 of each service in turn, 2 s down each",
-        &env,
-        order,
-        &[],
-        RATE,
-        WINDOW,
-        fault,
-    )
-    .await;
+    let verdict = Scenario::new("kill -9 of each service in turn, 2 s down each", &env)
+        .run(order, fault)
+        .await;
     verdict.assert_clean(0.0);
 }
 
@@ -231,16 +218,9 @@ async fn half_a_second_more_latency_on_inventory_and_payment_slows_but_fails_not
         proxies.iter().for_each(FaultProxy::clear);
     };
     let order = order_channel(&mesh).await;
-    let verdict = scenario(
-        "+500 ms (±100 ms) on inventory and payment for 8 s",
-        &env,
-        order,
-        &[],
-        RATE,
-        WINDOW,
-        fault,
-    )
-    .await;
+    let verdict = Scenario::new("+500 ms (±100 ms) on inventory and payment for 8 s", &env)
+        .run(order, fault)
+        .await;
     verdict.assert_clean(0.0);
 }
 
@@ -261,16 +241,9 @@ async fn payment_partitioned_for_five_seconds_recovers_every_order() {
         proxies[0].reset_connections();
     };
     let order = order_channel(&mesh).await;
-    let verdict = scenario(
-        "payment blackholed 5 s",
-        &env,
-        order,
-        &[],
-        RATE,
-        WINDOW,
-        fault,
-    )
-    .await;
+    let verdict = Scenario::new("payment blackholed 5 s", &env)
+        .run(order, fault)
+        .await;
     verdict.assert_clean(0.0);
 }
 
@@ -289,15 +262,11 @@ async fn postgresql_crashed_and_restarted_loses_nothing() {
         pg.restart().await;
     };
     let order = order_channel(&mesh).await;
-    let verdict = scenario(
-        "PostgreSQL kill -9, 3 s down, crash recovery",
-        &env,
-        order,
-        &check_env,
-        RATE,
-        WINDOW,
-        fault,
-    )
+    let verdict = Scenario {
+        check_env: check_env.to_vec(),
+        ..Scenario::new("PostgreSQL kill -9, 3 s down, crash recovery", &env)
+    }
+    .run(order, fault)
     .await;
     verdict.assert_clean(0.0);
 }
@@ -312,16 +281,9 @@ async fn redis_down_for_the_whole_run_changes_nothing_but_speed() {
     seed(&mesh).await;
     redis.kill();
     let order = order_channel(&mesh).await;
-    let verdict = scenario(
-        "Redis killed before the run, never back",
-        &env,
-        order,
-        &[],
-        RATE,
-        WINDOW,
-        async {},
-    )
-    .await;
+    let verdict = Scenario::new("Redis killed before the run, never back", &env)
+        .run(order, async {})
+        .await;
     verdict.assert_clean(0.0);
 }
 
@@ -346,16 +308,14 @@ async fn nats_connections_reset_for_thirty_percent_of_the_run() {
         proxy.clear();
     };
     let order = order_channel(&mesh).await;
-    let window = (Duration::from_secs(7), Duration::from_secs(7));
-    let verdict = scenario(
-        "NATS connections reset every ~0.5 s for 30 % of the run",
-        &env,
-        order,
-        &[],
-        RATE,
-        window,
-        fault,
-    )
+    let verdict = Scenario {
+        window: (Duration::from_secs(7), Duration::from_secs(7)),
+        ..Scenario::new(
+            "NATS connections reset every ~0.5 s for 30 % of the run",
+            &env,
+        )
+    }
+    .run(order, fault)
     .await;
     verdict.assert_clean(0.01);
 }
@@ -394,15 +354,11 @@ async fn several_faults_at_once() {
         nats_proxy.clear();
         proxies[0].clear();
     };
-    let verdict = scenario(
+    let verdict = Scenario::new(
         "NATS resets + slow, throttled payment + inventory kill -9",
         &env,
-        order,
-        &[],
-        RATE,
-        WINDOW,
-        fault,
     )
+    .run(order, fault)
     .await;
     verdict.assert_clean(0.01);
 }
@@ -418,16 +374,12 @@ async fn overload_is_shed_or_queued_within_bounds_and_recovers() {
     let mesh = env.start_mesh_with(&refs(&settings)).await;
     seed(&mesh).await;
     let order = order_channel(&mesh).await;
-    let window = (Duration::from_secs(10), Duration::ZERO);
-    let verdict = scenario(
-        "overload: 200 orders/s for 10 s",
-        &env,
-        order,
-        &[],
-        10.0 * RATE,
-        window,
-        async {},
-    )
+    let verdict = Scenario {
+        rate: 10.0 * RATE,
+        window: (Duration::from_secs(10), Duration::ZERO),
+        ..Scenario::new("overload: 200 orders/s for 10 s", &env)
+    }
+    .run(order, async {})
     .await;
     assert_eq!(verdict.stuck, 0, "{verdict:#?}");
     assert_eq!(verdict.violations, 0, "{verdict:#?}");

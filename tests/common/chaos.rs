@@ -592,8 +592,9 @@ pub struct Verdict {
     /// Orders without stock or with a declined card that ended CONFIRMED: always wrong.
     pub wrongly_confirmed: u64,
     pub violations: u64,
-    /// From the end of the fault until the last order created before then was terminal
-    /// (0 when all were terminal by the time the fault ended).
+    /// From the end of the fault until the last order created before then was terminal and,
+    /// if `ordermesh check` first found something missing, until it found nothing (0 when all
+    /// was done by the time the fault ended).
     pub recovery_s: f64,
     pub check_report: serde_json::Value,
 }
@@ -672,24 +673,22 @@ pub async fn settle(
     let wrongly_confirmed = outcomes()
         .filter(|(p, s)| p.kind != Kind::Normal && **s == OrderStatus::Confirmed)
         .count() as u64;
-    let check = std::process::Command::new(binary("ordermesh"))
-        .args(["check", "--settle", "0s", "--json"])
-        .envs(env.env())
-        .envs(check_env.iter().cloned())
-        .output()
-        .expect("run ordermesh check");
-    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ordermesh check: {e}: {}",
-            String::from_utf8_lossy(&check.stderr)
-        )
-    });
-    let violations = report["invariants"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| i["offenders"].as_array().map_or(0, |o| o.len() as u64))
-        .sum();
+    // The invariants may need a moment longer than the orders: a notification whose delivery
+    // was cut by a reset comes again only after its consumer's ack wait (30 s). Late is fine;
+    // lost is not: a violation still there after a minute fails the scenario.
+    let consistent_by = Instant::now() + Duration::from_secs(60);
+    let mut waited = false;
+    let (report, violations) = loop {
+        let (report, violations) = check(env, check_env);
+        if violations == 0 || Instant::now() > consistent_by {
+            break (report, violations);
+        }
+        waited = true;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    if waited && violations == 0 {
+        recovered = recovered.max(std::time::SystemTime::now());
+    }
     let verdict = Verdict {
         scenario: scenario.to_string(),
         sent: sent.sent,
@@ -709,6 +708,29 @@ pub async fn settle(
     };
     record(&verdict);
     verdict
+}
+
+/// Runs `ordermesh check` over the test's databases: its report and the number of offenders.
+fn check(env: &TestEnv, check_env: &[(String, String)]) -> (serde_json::Value, u64) {
+    let check = std::process::Command::new(binary("ordermesh"))
+        .args(["check", "--settle", "0s", "--json"])
+        .envs(env.env())
+        .envs(check_env.iter().cloned())
+        .output()
+        .expect("run ordermesh check");
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ordermesh check: {e}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        )
+    });
+    let violations = report["invariants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i["offenders"].as_array().map_or(0, |o| o.len() as u64))
+        .sum();
+    (report, violations)
 }
 
 /// Appends the verdict to `target/chaos/results.jsonl` (read by `make chaos` for its table).

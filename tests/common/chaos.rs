@@ -59,9 +59,10 @@ async fn wait_for_port(port: u16, what: &str) {
 
 /// A nats-server with JetStream of this test only; kill and restart it keeps its store.
 pub struct Nats {
+    /// Declared first so it is dropped (killed) before its directory is removed.
+    process: Owned,
     dir: tempfile::TempDir,
     pub port: u16,
-    process: Owned,
 }
 
 impl Nats {
@@ -110,9 +111,10 @@ impl Nats {
 
 /// A PostgreSQL cluster of this test only (initdb in a temp dir), restartable with its data.
 pub struct Postgres {
+    /// Declared first so it is dropped (killed) before its directory is removed.
+    process: Owned,
     dir: tempfile::TempDir,
     pub port: u16,
-    process: Owned,
 }
 
 /// Runs PostgreSQL's own binaries as the `postgres` user when the tests run as root (it refuses

@@ -154,6 +154,29 @@ def drop_databases(namespace: str) -> None:
         )
 
 
+def delete_streams(namespace: str) -> None:
+    """Deletes the mesh's JetStream streams (raw NATS protocol: no client library needed)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("ORDERMESH_NATS__URL", "nats://127.0.0.1:4222"))
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), timeout=5) as conn:
+            conn.recv(4096)  # INFO
+            wire = 'CONNECT {"verbose":false}\r\n'
+            for stream in ("ORDER_EVENTS", "SAGA", "DEAD_LETTERS", "TIMEOUTS"):
+                wire += f"PUB $JS.API.STREAM.DELETE.{namespace.upper()}_{stream} 0\r\n\r\n"
+            conn.sendall((wire + "PING\r\n").encode())
+            seen = b""
+            while b"PONG" not in seen and b"-ERR" not in seen:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                seen += chunk
+    except OSError as e:
+        log(f"could not delete the bench's streams: {e}")
+
+
 def start_mesh(namespace: str, logfile) -> subprocess.Popen:
     mesh = subprocess.Popen(
         [str(BIN / "ordermesh"), "up", "--bin-dir", str(BIN), "--grpc-base-port", str(GRPC_BASE), "--admin-base-port", str(ADMIN_BASE)],
@@ -386,6 +409,7 @@ def main() -> None:
         finally:
             stop_mesh(mesh)
     drop_databases(namespace)
+    delete_streams(namespace)
     logpath.unlink(missing_ok=True)
 
     passed = [s for s in steps if s["passed"]]

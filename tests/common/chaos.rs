@@ -35,12 +35,6 @@ impl Owned {
             let _ = child.wait();
         }
     }
-
-    fn pid(&self) -> Option<nix::unistd::Pid> {
-        self.0
-            .as_ref()
-            .map(|c| nix::unistd::Pid::from_raw(c.id() as i32))
-    }
 }
 
 impl Drop for Owned {
@@ -270,12 +264,6 @@ pub fn freeze(pid: nix::unistd::Pid, frozen: bool) {
             Signal::SIGCONT
         },
     );
-}
-
-impl Nats {
-    pub fn pid(&self) -> Option<nix::unistd::Pid> {
-        self.process.pid()
-    }
 }
 
 // --- the fault proxy --------------------------------------------------------------------------
@@ -766,7 +754,8 @@ fn record(verdict: &Verdict) {
 
 // --- a mesh with proxies between the services ---------------------------------------------------
 
-/// Starts the five services like [`TestEnv::start_mesh_with`], but callers reach each service in
+/// Starts the five services, callees first, each wired to the others (what every mesh of the
+/// tests is started with); callers reach each service in
 /// `proxied` through a [`FaultProxy`] (returned in the same order).
 pub async fn start_mesh_proxied(
     env: &TestEnv,

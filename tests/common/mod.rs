@@ -117,23 +117,7 @@ impl TestEnv {
 
     /// Like [`TestEnv::start_mesh`], with extra environment for every service.
     pub async fn start_mesh_with(&self, extra: &[(&str, &str)]) -> Mesh {
-        let mut services = HashMap::new();
-        let mut env: Vec<(String, String)> = extra
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        for s in ServiceName::ALL {
-            let process = self.spawn(s, &env).await;
-            env.push((
-                format!("ORDERMESH_ENDPOINTS__{}", s.as_str().to_uppercase()),
-                process.url(),
-            ));
-            services.insert(s, process);
-        }
-        for p in services.values() {
-            p.wait_serving().await;
-        }
-        Mesh { services, env }
+        chaos::start_mesh_proxied(self, extra, &[]).await.0
     }
 
     /// Starts a service process with extra environment; returns once its ports are bound.

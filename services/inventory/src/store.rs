@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use ordermesh::{
     db,
     domain::Sku,
@@ -14,6 +14,8 @@ use ordermesh::{
     },
     time::to_proto,
 };
+
+use prost::Message;
 use sqlx::{PgConnection, PgPool};
 use tonic::Status;
 use uuid::Uuid;
@@ -207,7 +209,73 @@ async fn set_status(
     Ok(())
 }
 
+/// Claims `key` for this transaction and reads the order's reservation with its lines, in one
+/// statement: `(claimed, reservation)`. Not claimed means a repeat (see
+/// [`idempotency::stored`]). The reservation row is not locked: the writes that depend on its
+/// state re-check it (`WHERE status = 'reserved'`).
+async fn claim_and_load(
+    conn: &mut PgConnection,
+    key: &str,
+    hash: &[u8],
+    order_id: Uuid,
+) -> Result<(bool, Option<Reservation>), Status> {
+    #[derive(sqlx::FromRow)]
+    struct Found {
+        claimed: bool,
+        reservation_id: Option<Uuid>,
+        status: Option<String>,
+        created_at: Option<DateTime<Utc>>,
+        updated_at: Option<DateTime<Utc>>,
+        skus: Vec<String>,
+        quantities: Vec<i64>,
+    }
+    let found: Found = sqlx::query_as(
+        "WITH claim AS (
+             INSERT INTO idempotency_keys (key, request_hash) VALUES ($1, $2)
+             ON CONFLICT (key) DO NOTHING RETURNING key
+         )
+         SELECT EXISTS (SELECT 1 FROM claim) AS claimed, r.reservation_id, r.status, r.created_at,
+                r.updated_at, coalesce(l.skus, '{}') AS skus, coalesce(l.quantities, '{}') AS quantities
+         FROM (SELECT 1) AS one
+         LEFT JOIN reservations r ON r.order_id = $3
+         LEFT JOIN LATERAL (
+             SELECT array_agg(sku ORDER BY sku) AS skus, array_agg(quantity ORDER BY sku) AS quantities
+             FROM reservation_lines WHERE reservation_id = r.reservation_id
+         ) l ON true",
+    )
+    .bind(key)
+    .bind(hash)
+    .bind(order_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db::status)?;
+    let reservation = match (
+        found.reservation_id,
+        found.status,
+        found.created_at,
+        found.updated_at,
+    ) {
+        (Some(id), Some(status), Some(created_at), Some(updated_at)) => Some(Reservation {
+            reservation_id: id.to_string(),
+            order_id: order_id.to_string(),
+            status: status_of(&status) as i32,
+            lines: found
+                .skus
+                .into_iter()
+                .zip(found.quantities)
+                .map(|(sku, quantity)| ReservationLine { sku, quantity })
+                .collect(),
+            created_at: Some(to_proto(created_at)),
+            updated_at: Some(to_proto(updated_at)),
+        }),
+        _ => None,
+    };
+    Ok((found.claimed, reservation))
+}
+
 /// Reserves every line or none. `request` is the wire request, hashed for the idempotency check.
+/// Five round trips: begin, claim + look for a reservation, lock the items (in SKU order, so
+/// concurrent reservations cannot deadlock), write everything with the stored response, commit.
 pub async fn reserve(
     pool: &PgPool,
     key: &str,
@@ -215,11 +283,13 @@ pub async fn reserve(
     order_id: Uuid,
     lines: &[(Sku, i64)],
 ) -> Result<ReserveResponse, Status> {
+    let hash = idempotency::request_hash(request);
     let mut tx = pool.begin().await.map_err(db::status)?;
-    if let Some(replay) = idempotency::claim(&mut tx, key, request).await? {
-        return Ok(replay);
+    let (claimed, existing) = claim_and_load(&mut tx, key, &hash, order_id).await?;
+    if !claimed {
+        return idempotency::stored(&mut tx, key, &hash).await;
     }
-    if let Some(existing) = load_reservation(&mut tx, order_id, true).await? {
+    if let Some(existing) = existing {
         let state = ReservationStatus::try_from(existing.status)
             .unwrap_or_default()
             .as_str_name();
@@ -250,38 +320,56 @@ pub async fn reserve(
         })
         .collect();
     let response = if shortages.is_empty() {
-        shift_stock(&mut tx, &sorted, (-1, 1, 0)).await?;
         let reservation_id = Uuid::now_v7();
-        sqlx::query("INSERT INTO reservations (reservation_id, order_id, status) VALUES ($1, $2, 'reserved')")
-            .bind(reservation_id)
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db::status)?;
+        // Timestamps from here, so the stored response and the row agree.
+        let now = Utc::now().trunc_subsecs(6);
         let quantities: Vec<i64> = sorted.iter().map(|l| l.quantity).collect();
+        let response = ReserveResponse {
+            outcome: ReserveOutcome::Reserved as i32,
+            reservation: Some(Reservation {
+                reservation_id: reservation_id.to_string(),
+                order_id: order_id.to_string(),
+                status: ReservationStatus::Reserved as i32,
+                lines: sorted,
+                created_at: Some(to_proto(now)),
+                updated_at: Some(to_proto(now)),
+            }),
+            shortages: Vec::new(),
+        };
         sqlx::query(
-            "INSERT INTO reservation_lines (reservation_id, sku, quantity)
-             SELECT $1, sku, qty FROM unnest($2::text[], $3::bigint[]) AS r(sku, qty)",
+            "WITH shift AS (
+                 UPDATE items SET available = available - r.qty, reserved = reserved + r.qty,
+                        updated_at = now()
+                 FROM unnest($1::text[], $2::bigint[]) AS r(sku, qty) WHERE items.sku = r.sku
+             ), reservation AS (
+                 INSERT INTO reservations (reservation_id, order_id, status, created_at, updated_at)
+                 VALUES ($3, $4, 'reserved', $5, $5)
+             ), lines AS (
+                 INSERT INTO reservation_lines (reservation_id, sku, quantity)
+                 SELECT $3, sku, qty FROM unnest($1::text[], $2::bigint[]) AS r(sku, qty)
+             )
+             UPDATE idempotency_keys SET response = $6 WHERE key = $7",
         )
-        .bind(reservation_id)
         .bind(&skus)
         .bind(&quantities)
+        .bind(reservation_id)
+        .bind(order_id)
+        .bind(now)
+        .bind(response.encode_to_vec())
+        .bind(key)
         .execute(&mut *tx)
         .await
         .map_err(db::status)?;
-        ReserveResponse {
-            outcome: ReserveOutcome::Reserved as i32,
-            reservation: load_reservation(&mut tx, order_id, false).await?,
-            shortages: Vec::new(),
-        }
+        response
     } else {
-        ReserveResponse {
+        let response = ReserveResponse {
             outcome: ReserveOutcome::InsufficientStock as i32,
             reservation: None,
             shortages,
-        }
+        };
+        idempotency::record(&mut tx, key, &response).await?;
+        response
     };
-    idempotency::record(&mut tx, key, &response).await?;
     tx.commit().await.map_err(db::status)?;
     let outcome = if response.outcome() == ReserveOutcome::Reserved {
         "reserved"
@@ -335,18 +423,20 @@ pub async fn release(
     Ok(response)
 }
 
-/// Moves an order's reserved stock to committed (it ships).
+/// Moves an order's reserved stock to committed (it ships). Five round trips, as [`reserve`].
 pub async fn commit(
     pool: &PgPool,
     key: &str,
     request: &impl prost::Message,
     order_id: Uuid,
 ) -> Result<CommitResponse, Status> {
+    let hash = idempotency::request_hash(request);
     let mut tx = pool.begin().await.map_err(db::status)?;
-    if let Some(replay) = idempotency::claim(&mut tx, key, request).await? {
-        return Ok(replay);
+    let (claimed, found) = claim_and_load(&mut tx, key, &hash, order_id).await?;
+    if !claimed {
+        return idempotency::stored(&mut tx, key, &hash).await;
     }
-    let committed = match load_reservation(&mut tx, order_id, true).await? {
+    let response = match found {
         None => {
             return Err(Status::not_found(format!(
                 "order {order_id} has no reservation"
@@ -357,23 +447,59 @@ pub async fn commit(
                 "the reservation of order {order_id} was released and cannot be committed"
             )));
         }
-        Some(r) if r.status == ReservationStatus::Reserved as i32 => {
+        Some(mut r) if r.status == ReservationStatus::Reserved as i32 => {
             let skus: Vec<String> = r.lines.iter().map(|l| l.sku.clone()).collect();
+            let quantities: Vec<i64> = r.lines.iter().map(|l| l.quantity).collect();
             lock_items(&mut tx, &skus).await?;
-            shift_stock(&mut tx, &r.lines, (0, -1, 1)).await?;
-            set_status(&mut tx, &r.reservation_id, "committed").await?;
-            true
+            let now = Utc::now().trunc_subsecs(6);
+            let id = Uuid::parse_str(&r.reservation_id)
+                .map_err(|_| Status::internal("stored reservation id is not a UUID"))?;
+            r.status = ReservationStatus::Committed as i32;
+            r.updated_at = Some(to_proto(now));
+            let response = CommitResponse {
+                committed: true,
+                reservation: Some(r),
+            };
+            let changed: i64 = sqlx::query_scalar(
+                "WITH reservation AS (
+                     UPDATE reservations SET status = 'committed', updated_at = $2
+                     WHERE reservation_id = $1 AND status = 'reserved' RETURNING reservation_id
+                 ), shift AS (
+                     UPDATE items SET reserved = reserved - r.qty, committed = committed + r.qty,
+                            updated_at = now()
+                     FROM unnest($3::text[], $4::bigint[]) AS r(sku, qty)
+                     WHERE items.sku = r.sku AND EXISTS (SELECT 1 FROM reservation)
+                 ), answer AS (
+                     UPDATE idempotency_keys SET response = $5
+                     WHERE key = $6 AND EXISTS (SELECT 1 FROM reservation)
+                 )
+                 SELECT count(*) FROM reservation",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(&skus)
+            .bind(&quantities)
+            .bind(response.encode_to_vec())
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db::status)?;
+            if changed == 0 {
+                // Released or committed by a concurrent call since it was read: try again.
+                return Err(Status::aborted(
+                    "the reservation changed concurrently; retry",
+                ));
+            }
+            tx.commit().await.map_err(db::status)?;
+            RESERVATIONS.with_label_values(&["committed"]).inc();
+            return Ok(response);
         }
-        Some(_) => false,
-    };
-    let response = CommitResponse {
-        committed,
-        reservation: load_reservation(&mut tx, order_id, false).await?,
+        Some(r) => CommitResponse {
+            committed: false,
+            reservation: Some(r),
+        },
     };
     idempotency::record(&mut tx, key, &response).await?;
     tx.commit().await.map_err(db::status)?;
-    if committed {
-        RESERVATIONS.with_label_values(&["committed"]).inc();
-    }
     Ok(response)
 }

@@ -29,7 +29,7 @@ pub async fn claim<R: Message + Default>(
     key: &str,
     request: &impl Message,
 ) -> Result<Option<R>, Status> {
-    let hash = Sha256::digest(request.encode_to_vec()).to_vec();
+    let hash = request_hash(request);
     let inserted = sqlx::query("INSERT INTO idempotency_keys (key, request_hash) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
         .bind(key)
         .bind(&hash)
@@ -40,10 +40,27 @@ pub async fn claim<R: Message + Default>(
     if inserted == 1 {
         return Ok(None);
     }
+    stored(tx, key, &hash).await.map(Some)
+}
+
+/// What identifies a request behind a key: the SHA-256 of its protobuf encoding.
+pub fn request_hash(request: &impl Message) -> Vec<u8> {
+    Sha256::digest(request.encode_to_vec()).to_vec()
+}
+
+/// The response stored under `key` by the call that claimed it, for a repeat whose request
+/// hashes to `hash`; FAILED_PRECONDITION when the key was used for a different request. For
+/// writers that claim the key and store the response in one statement (`INSERT ... ON
+/// CONFLICT (key) DO NOTHING` together with the effect) and found it taken.
+pub async fn stored<R: Message + Default>(
+    conn: &mut PgConnection,
+    key: &str,
+    hash: &[u8],
+) -> Result<R, Status> {
     let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) =
         sqlx::query_as("SELECT request_hash, response FROM idempotency_keys WHERE key = $1")
             .bind(key)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await
             .map_err(crate::db::status)?;
     if stored_hash != hash {
@@ -56,7 +73,7 @@ pub async fn claim<R: Message + Default>(
     let replay = R::decode(bytes.as_slice())
         .map_err(|_| Status::internal("stored response is unreadable"))?;
     crate::metrics::IDEMPOTENT_REPLAYS.inc();
-    Ok(Some(replay))
+    Ok(replay)
 }
 
 /// Stores the response of the call that claimed `key`, in the same transaction as its effect.

@@ -17,6 +17,7 @@ use crate::{
     saga::{
         definition::Step,
         state::{self, Outcome},
+        transition,
     },
     store, validate,
 };
@@ -100,18 +101,19 @@ impl OrderService for Orders {
         let r = request.get_ref();
         let order_id = validate::cancel_order(r)?;
         let deps = self.deps.get()?;
-        let saga = state::load(&deps.pool, order_id)
+        let seen = transition::snapshot(&deps.pool, order_id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no order {order_id}")))?;
-        match saga.current {
+        match seen.saga.current {
             Some(step) if !step.spec().compensation && step != Step::ConfirmOrder => {
                 let reason = format!("cancelled by request: {}", r.reason);
-                state::advance(
+                transition::advance_from(
                     &deps.pool,
                     &deps.saga,
-                    order_id,
+                    seen,
                     step,
                     Outcome::Cancelled(reason),
+                    transition::Attempt::NONE,
                 )
                 .await?;
                 read_model::invalidate(deps, order_id).await;
@@ -193,7 +195,12 @@ impl OrderService for Orders {
                     return Some((Ok(WatchOrderResponse { order: Some(order) }), w));
                 }
                 tokio::select! {
-                    Some(_) = w.signals.next() => {}
+                    Some(signal) = w.signals.next() => {
+                        if let Some(order) = crate::changes::carried(&signal) {
+                            w.pending = Some(order);
+                            continue;
+                        }
+                    }
                     _ = tokio::time::sleep(WATCH_FALLBACK) => {}
                     _ = tokio::time::sleep_until(w.deadline) => {
                         w.done = true;
@@ -218,7 +225,8 @@ impl OrderService for Orders {
     }
 }
 
-/// One WatchOrder stream: woken by the order's change signals, re-reading the view then.
+/// One WatchOrder stream: sends what the order's change signals carry, re-reading the view
+/// only when a signal carries nothing readable or none came for [`WATCH_FALLBACK`].
 struct Watch {
     /// When the stream ends with DEADLINE_EXCEEDED if the order is not final by then.
     deadline: tokio::time::Instant,

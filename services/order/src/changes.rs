@@ -1,10 +1,13 @@
 //! "Order changed" signals for WatchOrder. After every committed change of an order, its service
-//! instance publishes an empty core-NATS message on `<ns>.order.changed.<order_id>`; a watcher
-//! subscribes to its order's subject and re-reads the order when signalled, instead of polling
-//! the database (which, with thousands of open watches, would starve everything else). The
-//! signal is best-effort: watchers also re-read every few seconds, so a lost one only delays.
+//! instance publishes the order as it now is (protobuf) as a core-NATS message on
+//! `<ns>.order.changed.<order_id>`; a watcher subscribes to its order's subject and sends what
+//! the signal carries, instead of polling the database (which, with thousands of open watches,
+//! would starve everything else) or re-reading it (five reads per order at load). The signal
+//! is best-effort: watchers re-read every few seconds anyway, and on a signal they cannot
+//! decode, so a lost one only delays.
 
-use bytes::Bytes;
+use ordermesh::proto::order::Order;
+use prost::Message;
 use tonic::Status;
 use uuid::Uuid;
 
@@ -26,11 +29,14 @@ impl Changes {
         format!("{}.order.changed.{order_id}", self.namespace)
     }
 
-    /// Signals watchers of `order_id`; call after the change committed.
-    pub async fn announce(&self, order_id: Uuid) {
+    /// Sends `order` to its watchers; call after the change committed.
+    pub async fn announce(&self, order: &Order) {
+        let Ok(order_id) = Uuid::parse_str(&order.order_id) else {
+            return;
+        };
         if let Err(error) = self
             .client
-            .publish(self.subject(order_id), Bytes::new())
+            .publish(self.subject(order_id), order.encode_to_vec().into())
             .await
         {
             tracing::debug!(%error, "order change signal not sent; watchers fall back to re-reading");
@@ -45,4 +51,11 @@ impl Changes {
             .await
             .map_err(|_| Status::unavailable("cannot watch orders right now: NATS unavailable"))
     }
+}
+
+/// The order a signal carries, if it carries a readable one.
+pub fn carried(signal: &async_nats::Message) -> Option<Order> {
+    Order::decode(signal.payload.as_ref())
+        .ok()
+        .filter(|o| !o.order_id.is_empty())
 }

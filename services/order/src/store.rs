@@ -1,120 +1,38 @@
-//! Order persistence: events appended with optimistic concurrency and the view projected in the
-//! same transaction.
+//! Order persistence: a new order in one statement, and the view's reads. (Saga transitions
+//! append events and project them in [`crate::saga::transition`].)
 
+use chrono::{SubsecRound, Utc};
 use ordermesh::{
     db, idempotency,
     proto::order::{CreateOrderRequest, CreateOrderResponse, Order, OrderStatus},
 };
-use sqlx::{PgConnection, PgPool, types::Json};
+use prost::Message;
+use sqlx::{PgPool, types::Json};
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::model::{NewOrder, ORDER_COLUMNS, OrderEvent, OrderRow, Projection};
-use crate::saga::state::{self, SagaContext};
+use crate::model::{NewOrder, ORDER_COLUMNS, OrderEvent, OrderRow};
+use crate::saga::{
+    definition::{DEFINITION_VERSION, FIRST},
+    outbox::Columns,
+    state::{self, SagaContext},
+};
 
-/// Appends `event` as version `version` of the order's stream. A concurrent writer that got
-/// there first makes this fail with ABORTED (the caller reloads and retries).
-async fn append(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    version: i64,
-    event: &OrderEvent,
-) -> Result<Uuid, Status> {
-    let payload =
-        serde_json::to_value(event).map_err(|_| Status::internal("event is not serialisable"))?;
-    let event_id = Uuid::now_v7();
-    sqlx::query("INSERT INTO order_events (order_id, version, event_id, event_type, payload) VALUES ($1, $2, $3, $4, $5)")
-        .bind(order_id)
-        .bind(version)
-        .bind(event_id)
-        .bind(event.event_type())
-        .bind(payload)
-        .execute(&mut *conn)
-        .await
-        .map_err(db::status)?;
-    Ok(event_id)
-}
-
-/// Appends `events` to the order's stream and projects them onto its view row, in the caller's
-/// transaction. Returns the new events' ids and the updated row.
-pub async fn append_and_project(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    events: &[OrderEvent],
-) -> Result<(Vec<Uuid>, OrderRow), Status> {
-    let row: OrderRow = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM order_view WHERE order_id = $1 FOR UPDATE"
-    ))
-    .bind(order_id)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db::status)?;
-    if events.is_empty() {
-        return Ok((Vec::new(), row));
-    }
-    let mut projection = Projection::of(&row);
-    let mut ids = Vec::with_capacity(events.len());
-    for event in events {
-        projection.apply(event);
-        ids.push(append(conn, order_id, projection.version, event).await?);
-    }
-    let row: OrderRow = sqlx::query_as(&format!(
-        "UPDATE order_view SET status = $2, confirmation_number = $3, tracking_number = $4, failure_reason = $5,
-                version = $6, updated_at = now()
-         WHERE order_id = $1 RETURNING {ORDER_COLUMNS}"
-    ))
-    .bind(order_id)
-    .bind(projection.status.as_str_name())
-    .bind(&projection.confirmation_number)
-    .bind(&projection.tracking_number)
-    .bind(&projection.failure_reason)
-    .bind(projection.version)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db::status)?;
-    Ok((ids, row))
-}
-
-/// The view row of an order (the saga reads lines, total and address from it).
-pub async fn get_row(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderRow>, Status> {
-    sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM order_view WHERE order_id = $1"
-    ))
-    .bind(order_id)
-    .fetch_optional(pool)
-    .await
-    .map_err(db::status)
-}
-
-/// Stores a new order (its Submitted event, its view row, its saga and the saga's first step in
-/// the outbox) in one transaction. With a client
-/// `request_id` already seen, returns that order instead (`created` false).
+/// Stores a new order — its Submitted event, its view row, its saga with the first step queued
+/// and that step's messages in the outbox, and with a client `request_id` the response under
+/// that key — in one statement (one round trip, one commit). With a `request_id` already seen,
+/// writes nothing and returns that order as it is now (`created` false).
 pub async fn create(
     pool: &PgPool,
     saga: &SagaContext,
     request: &CreateOrderRequest,
     order: NewOrder,
 ) -> Result<CreateOrderResponse, Status> {
-    let mut tx = pool.begin().await.map_err(db::status)?;
-    if let Some(request_id) = &order.request_id {
-        let key = format!("create-order:{request_id}");
-        if let Some(first) =
-            idempotency::claim::<CreateOrderResponse>(&mut tx, &key, request).await?
-        {
-            drop(tx);
-            let order_id = first.order.map(|o| o.order_id).unwrap_or_default();
-            let id = Uuid::parse_str(&order_id)
-                .map_err(|_| Status::internal("stored order id is not a UUID"))?;
-            let current = get(pool, id)
-                .await?
-                .ok_or_else(|| Status::internal("order of a stored request is missing"))?;
-            return Ok(CreateOrderResponse {
-                order: Some(current),
-                created: false,
-            });
-        }
-    }
     let order_id = Uuid::now_v7();
+    // The view's timestamps (and the first event's, which a rebuild of the view takes them
+    // from) come from here, not the database's now(): the response stored for a repeat of the
+    // request is made before the statement runs.
+    let now = Utc::now().trunc_subsecs(6);
     let event = OrderEvent::Submitted {
         customer_id: order.customer_id.clone(),
         currency: order.total.currency.to_string(),
@@ -124,36 +42,115 @@ pub async fn create(
         shipping_method: order.shipping_method.as_str_name().to_string(),
         request_id: order.request_id.clone().unwrap_or_default(),
     };
-    append(&mut tx, order_id, 1, &event).await?;
-    let row: OrderRow = sqlx::query_as(&format!(
-        "INSERT INTO order_view (order_id, customer_id, status, currency, total_minor, lines, shipping_address,
-                                 shipping_method, request_id, created_at, updated_at, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), now(), 1)
-         RETURNING {ORDER_COLUMNS}"
-    ))
-    .bind(order_id)
-    .bind(&order.customer_id)
-    .bind(OrderStatus::Pending.as_str_name())
-    .bind(order.total.currency.as_str())
-    .bind(order.total.minor)
-    .bind(Json(&order.lines))
-    .bind(Json(&order.address))
-    .bind(order.shipping_method.as_str_name())
-    .bind(order.request_id.clone().unwrap_or_default())
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db::status)?;
-    state::start(&mut tx, saga, order_id, &request.payment_token).await?;
+    let row = OrderRow {
+        order_id,
+        customer_id: order.customer_id,
+        status: OrderStatus::Pending.as_str_name().into(),
+        currency: order.total.currency.to_string(),
+        total_minor: order.total.minor,
+        lines: Json(order.lines),
+        shipping_address: Json(order.address),
+        shipping_method: order.shipping_method.as_str_name().into(),
+        confirmation_number: String::new(),
+        tracking_number: String::new(),
+        failure_reason: String::new(),
+        request_id: order.request_id.clone().unwrap_or_default(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
     let response = CreateOrderResponse {
-        order: Some(row.into()),
+        order: Some(row.clone().into()),
         created: true,
     };
-    if let Some(request_id) = &order.request_id {
-        idempotency::record(&mut tx, &format!("create-order:{request_id}"), &response).await?;
+    let key = order
+        .request_id
+        .as_ref()
+        .map(|id| format!("create-order:{id}"));
+    let hash = idempotency::request_hash(request);
+    let messages = state::step_messages(saga, order_id, FIRST)?;
+    let outbox = Columns::of(&messages);
+    let payload =
+        serde_json::to_value(&event).map_err(|_| Status::internal("event is not serialisable"))?;
+    let created: i64 = sqlx::query_scalar(
+        "WITH claim AS (
+             INSERT INTO idempotency_keys (key, request_hash, response)
+             SELECT $1, $2, $3 WHERE $1::text IS NOT NULL
+             ON CONFLICT (key) DO NOTHING RETURNING key
+         ), go AS (
+             SELECT 1 WHERE $1::text IS NULL OR EXISTS (SELECT 1 FROM claim)
+         ), event AS (
+             INSERT INTO order_events (order_id, version, event_id, event_type, payload, recorded_at)
+             SELECT $4, 1, $5, $6, $7, $16 FROM go
+         ), view AS (
+             INSERT INTO order_view (order_id, customer_id, status, currency, total_minor, lines,
+                                     shipping_address, shipping_method, request_id, created_at,
+                                     updated_at, version)
+             SELECT $4, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16, 1 FROM go
+             RETURNING order_id
+         ), saga AS (
+             INSERT INTO sagas (order_id, definition_version, phase, current_step, payment_token)
+             SELECT $4, $17, 'forward', $18, $19 FROM go
+             RETURNING order_id
+         ), step AS (
+             INSERT INTO saga_steps (order_id, step, compensation, status)
+             SELECT order_id, $18, false, 'pending' FROM saga
+         ), outbox AS (
+             INSERT INTO outbox (msg_id, subject, payload, headers)
+             SELECT o.msg_id, o.subject, o.payload, o.headers
+             FROM go, unnest($20::uuid[], $21::text[], $22::bytea[], $23::jsonb[])
+                  AS o(msg_id, subject, payload, headers)
+         )
+         SELECT count(*) FROM view",
+    )
+    .bind(&key)
+    .bind(&hash)
+    .bind(response.encode_to_vec())
+    .bind(order_id)
+    .bind(Uuid::now_v7())
+    .bind(event.event_type())
+    .bind(payload)
+    .bind(&row.customer_id)
+    .bind(&row.status)
+    .bind(&row.currency)
+    .bind(row.total_minor)
+    .bind(&row.lines)
+    .bind(&row.shipping_address)
+    .bind(&row.shipping_method)
+    .bind(&row.request_id)
+    .bind(now)
+    .bind(DEFINITION_VERSION as i32)
+    .bind(FIRST.name())
+    .bind(&request.payment_token)
+    .bind(&outbox.msg_ids)
+    .bind(&outbox.subjects)
+    .bind(&outbox.payloads)
+    .bind(&outbox.headers)
+    .fetch_one(pool)
+    .await
+    .map_err(db::status)?;
+    if created == 0 {
+        // The request id was seen before: answer with that order as it is now.
+        let key =
+            key.ok_or_else(|| Status::internal("an order without a request id was not stored"))?;
+        let mut conn = pool.acquire().await.map_err(db::status)?;
+        let first: CreateOrderResponse = idempotency::stored(&mut conn, &key, &hash).await?;
+        drop(conn);
+        let order_id = first.order.map(|o| o.order_id).unwrap_or_default();
+        let id = Uuid::parse_str(&order_id)
+            .map_err(|_| Status::internal("stored order id is not a UUID"))?;
+        let current = get(pool, id)
+            .await?
+            .ok_or_else(|| Status::internal("order of a stored request is missing"))?;
+        return Ok(CreateOrderResponse {
+            order: Some(current),
+            created: false,
+        });
     }
-    tx.commit().await.map_err(db::status)?;
-    saga.outbox.wake();
-    saga.changes.announce(order_id).await;
+    saga.outbox.hand_over(messages);
+    if let Some(order) = &response.order {
+        saga.changes.announce(order).await;
+    }
     crate::metrics::SAGA_STARTED.inc();
     Ok(response)
 }

@@ -35,10 +35,12 @@ use uuid::Uuid;
 
 use super::{
     definition::Step,
+    finished::Finished,
     messages::{STEP_ACK_WAIT, StepMessage},
     state::{self, Outcome, SagaContext},
+    transition,
 };
-use crate::{model::OrderEvent, model::OrderRow, store};
+use crate::{model::OrderEvent, model::OrderRow};
 
 type Traced = InterceptedService<Channel, Propagate>;
 
@@ -102,6 +104,8 @@ pub struct Worker {
     pub jetstream: jetstream::Context,
     /// Deliveries before a step message is dead-lettered (the consumer's `max_deliver`).
     pub max_deliver: i64,
+    /// Steps this instance saw finish lately: their timeouts are dropped without a read.
+    pub finished: Finished,
 }
 
 /// First look at a not-yet-due timeout after this long, then after 2×, 3×, ... this (until
@@ -172,7 +176,14 @@ impl Worker {
             trace_id = tracing::field::Empty,
         );
         let context = ordermesh::context::adopt_message(&span, message.headers.as_ref());
-        let work = context.scope(self.execute(&step_message).instrument(span.clone()));
+        let attempt = transition::Attempt {
+            delivered,
+            started: Some(chrono::Utc::now()),
+        };
+        let work = context.scope(
+            self.execute(&step_message, attempt)
+                .instrument(span.clone()),
+        );
         let result = with_progress(&message, work).await;
         let _enter = span.enter();
         match result {
@@ -206,31 +217,31 @@ impl Worker {
         }
     }
 
-    async fn execute(&self, m: &StepMessage) -> Result<(), Retry> {
-        let Some(saga) = state::begin_attempt(&self.pool, m.order_id, m.step).await? else {
+    async fn execute(&self, m: &StepMessage, attempt: transition::Attempt) -> Result<(), Retry> {
+        let Some(seen) = transition::begin_attempt(&self.pool, m.order_id, m.step, attempt).await?
+        else {
             tracing::warn!("step for an unknown saga; dropping");
             return Ok(());
         };
-        if saga.current != Some(m.step) {
+        if seen.saga.current != Some(m.step) {
+            self.finished.insert(m.order_id, m.step);
             return Ok(()); // a redelivery or a step the saga has moved past
         }
-        let Some(order) = store::get_row(&self.pool, m.order_id).await? else {
-            return Err(Retry("the order's view row is missing".into()));
-        };
         let key = format!("{}:{}", m.order_id, m.step.name());
         let outcome = self
             .call(
                 m.step,
                 &key,
-                &order,
-                saga.payment_token.as_deref(),
-                &saga.failure_reason,
+                &seen.order,
+                seen.saga.payment_token.as_deref(),
+                &seen.saga.failure_reason,
             )
             .await?;
         if let Outcome::Rejected(reason) = &outcome {
             tracing::info!(%reason, "step rejected; compensating");
         }
-        state::advance(&self.pool, &self.saga, m.order_id, m.step, outcome).await?;
+        transition::advance_from(&self.pool, &self.saga, seen, m.step, outcome, attempt).await?;
+        self.finished.insert(m.order_id, m.step);
         self.cache.delete(&format!("order:{}", m.order_id)).await;
         Ok(())
     }
@@ -505,6 +516,10 @@ impl Worker {
             let _ = message.ack_with(AckKind::Term).await;
             return;
         };
+        if self.finished.contains(m.order_id, m.step) {
+            let _ = message.ack().await; // its step finished: nothing to time out
+            return;
+        }
         let now = chrono::Utc::now().timestamp_millis();
         let due = m.due_at_ms.unwrap_or(now);
         if due > now {
@@ -546,7 +561,7 @@ impl Worker {
             m.step.name(),
             humantime_serde::re::humantime::format_duration(timeout)
         );
-        match state::advance(
+        match transition::advance(
             &self.pool,
             &self.saga,
             m.order_id,

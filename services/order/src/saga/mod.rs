@@ -6,6 +6,8 @@
 pub mod census;
 pub mod definition;
 pub mod executor;
+pub mod finished;
 pub mod messages;
 pub mod outbox;
 pub mod state;
+pub mod transition;

@@ -1,8 +1,6 @@
-//! Saga persistence and transitions. Every transition is one transaction: lock the saga row,
-//! check the step is still the current one (a duplicate or late delivery changes nothing),
-//! record the step's outcome, append the order's events and project them onto the view, queue
-//! the next message(s) in the outbox, and commit. A crash anywhere means redelivery, never a lost
-//! or doubled step.
+//! The saga's state: what is stored, the transition function [`decide`] (pure, property-tested),
+//! the messages a transition queues, parking, and the timeline. Committing a transition is
+//! [`super::transition`]'s job.
 
 use std::time::Duration;
 
@@ -18,11 +16,11 @@ use tonic::Status;
 use uuid::Uuid;
 
 use super::{
-    definition::{self, DEFINITION_VERSION, FIRST, Step, Timeouts},
+    definition::{self, Step, Timeouts},
     messages::{Names, StepMessage},
-    outbox,
+    outbox::{self, Message},
 };
-use crate::{model::OrderEvent, store};
+use crate::model::OrderEvent;
 
 /// Everything transitions need to know about naming and timing.
 #[derive(Debug, Clone)]
@@ -30,8 +28,8 @@ pub struct SagaContext {
     pub names: Names,
     /// Signals WatchOrder after every committed change.
     pub changes: crate::changes::Changes,
-    /// Wakes the outbox relay after every commit that queued messages.
-    pub outbox: outbox::Wake,
+    /// Takes the messages of every committed change to the relay.
+    pub outbox: outbox::Outbox,
     pub order_events: ordermesh::nats::Names,
     pub timeouts: Timeouts,
 }
@@ -49,14 +47,14 @@ pub struct Saga {
 }
 
 #[derive(sqlx::FromRow)]
-struct SagaRow {
-    order_id: Uuid,
-    definition_version: i32,
-    phase: String,
-    current_step: Option<String>,
-    pending: Json<Vec<Step>>,
-    failure_reason: String,
-    payment_token: Option<String>,
+pub(super) struct SagaRow {
+    pub(super) order_id: Uuid,
+    pub(super) definition_version: i32,
+    pub(super) phase: String,
+    pub(super) current_step: Option<String>,
+    pub(super) pending: Json<Vec<Step>>,
+    pub(super) failure_reason: String,
+    pub(super) payment_token: Option<String>,
 }
 
 impl From<SagaRow> for Saga {
@@ -73,7 +71,7 @@ impl From<SagaRow> for Saga {
     }
 }
 
-const SAGA_COLUMNS: &str =
+pub(super) const SAGA_COLUMNS: &str =
     "order_id, definition_version, phase, current_step, pending, failure_reason, payment_token";
 
 /// How a step ended, as the executor saw it.
@@ -94,7 +92,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The outcome's class as a bounded metric label (`None` for success).
-    fn failure_kind(&self) -> Option<&'static str> {
+    pub(super) fn failure_kind(&self) -> Option<&'static str> {
         match self {
             Outcome::Succeeded(_) => None,
             Outcome::Rejected(_) => Some("rejected"),
@@ -105,69 +103,35 @@ impl Outcome {
     }
 }
 
-/// Creates the saga inside CreateOrder's transaction and queues its first step.
-pub async fn start(
-    conn: &mut PgConnection,
-    cx: &SagaContext,
-    order_id: Uuid,
-    payment_token: &str,
-) -> Result<(), Status> {
-    sqlx::query(
-        "INSERT INTO sagas (order_id, definition_version, phase, current_step, payment_token) VALUES ($1, $2, 'forward', $3, $4)",
-    )
-    .bind(order_id)
-    .bind(DEFINITION_VERSION as i32)
-    .bind(FIRST.name())
-    .bind(payment_token)
-    .execute(&mut *conn)
-    .await
-    .map_err(db::status)?;
-    queue(conn, cx, order_id, FIRST).await
-}
-
-/// Queues `step` (and its durable timeout) for execution after commit.
-async fn queue(
-    conn: &mut PgConnection,
-    cx: &SagaContext,
-    order_id: Uuid,
-    step: Step,
-) -> Result<(), Status> {
-    sqlx::query(
-        "INSERT INTO saga_steps (order_id, step, compensation, status) VALUES ($1, $2, $3, 'pending')
-         ON CONFLICT (order_id, step) DO UPDATE SET status = 'pending', queued_at = now()",
-    )
-    .bind(order_id)
-    .bind(step.name())
-    .bind(step.spec().compensation)
-    .execute(&mut *conn)
-    .await
-    .map_err(db::status)?;
-    let message = StepMessage {
+/// The messages that run `step`: the step message and, if it has a deadline, its durable
+/// timeout. Written to the outbox by the statement that makes `step` current.
+pub fn step_messages(cx: &SagaContext, order_id: Uuid, step: Step) -> Result<Vec<Message>, Status> {
+    let encode = |m: &StepMessage| {
+        serde_json::to_vec(m).map_err(|_| Status::internal("step message not serialisable"))
+    };
+    let run = StepMessage {
         order_id,
         step,
         due_at_ms: None,
     };
-    let payload = serde_json::to_vec(&message)
-        .map_err(|_| Status::internal("step message not serialisable"))?;
-    outbox::enqueue(conn, Uuid::now_v7(), &cx.names.step_subject(step), &payload).await?;
+    let mut messages = vec![Message::new(
+        Uuid::now_v7(),
+        cx.names.step_subject(step),
+        encode(&run)?,
+    )];
     if let Some(deadline) = step.spec().deadline {
         let due = Utc::now() + cx.timeouts.of(deadline);
         let timeout = StepMessage {
-            order_id,
-            step,
             due_at_ms: Some(due.timestamp_millis()),
+            ..run
         };
-        let payload = serde_json::to_vec(&timeout)
-            .map_err(|_| Status::internal("timeout not serialisable"))?;
-        outbox::enqueue(
-            conn,
+        messages.push(Message::new(
             Uuid::now_v7(),
-            &cx.names.timeout_subject(step),
-            &payload,
-        )
-        .await?;
+            cx.names.timeout_subject(step),
+            encode(&timeout)?,
+        ));
     }
-    Ok(())
+    Ok(messages)
 }
 
 pub async fn load(pool: &PgPool, order_id: Uuid) -> Result<Option<Saga>, Status> {
@@ -175,31 +139,6 @@ pub async fn load(pool: &PgPool, order_id: Uuid) -> Result<Option<Saga>, Status>
         "SELECT {SAGA_COLUMNS} FROM sagas WHERE order_id = $1"
     ))
     .bind(order_id)
-    .fetch_optional(pool)
-    .await
-    .map_err(db::status)?;
-    Ok(row.map(Into::into))
-}
-
-/// Loads the saga for a delivery of `step` and, when `step` is its current step, counts the
-/// attempt for the timeline in the same statement: one round trip and one commit per delivery
-/// instead of a read and a separate write.
-pub async fn begin_attempt(
-    pool: &PgPool,
-    order_id: Uuid,
-    step: Step,
-) -> Result<Option<Saga>, Status> {
-    let row: Option<SagaRow> = sqlx::query_as(&format!(
-        "WITH attempt AS (
-             UPDATE saga_steps SET attempts = attempts + 1, status = 'running',
-                    started_at = coalesce(started_at, now())
-             WHERE order_id = $1 AND step = $2
-               AND EXISTS (SELECT 1 FROM sagas WHERE order_id = $1 AND current_step = $2)
-         )
-         SELECT {SAGA_COLUMNS} FROM sagas WHERE order_id = $1"
-    ))
-    .bind(order_id)
-    .bind(step.name())
     .fetch_optional(pool)
     .await
     .map_err(db::status)?;
@@ -355,112 +294,8 @@ pub fn decide(saga: &Saga, step: Step, outcome: Outcome) -> Option<Decision> {
     })
 }
 
-/// Applies `outcome` of `step`. Returns false (and changes nothing) when the saga is no longer
-/// at that step: a redelivery, a late answer after a timeout, or a timeout after success.
-pub async fn advance(
-    pool: &PgPool,
-    cx: &SagaContext,
-    order_id: Uuid,
-    step: Step,
-    outcome: Outcome,
-) -> Result<bool, Status> {
-    let mut tx = pool.begin().await.map_err(db::status)?;
-    let row: Option<SagaRow> = sqlx::query_as(&format!(
-        "SELECT {SAGA_COLUMNS} FROM sagas WHERE order_id = $1 FOR UPDATE"
-    ))
-    .bind(order_id)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(db::status)?;
-    let Some(saga) = row.map(Saga::from) else {
-        return Ok(false);
-    };
-    let timed_out = matches!(outcome, Outcome::TimedOut(_));
-    let failure_kind = outcome.failure_kind();
-    let Some(Decision {
-        saga,
-        step_error,
-        events,
-    }) = decide(&saga, step, outcome)
-    else {
-        return Ok(false);
-    };
-    match &step_error {
-        None => finish(&mut tx, order_id, step, "succeeded", "").await?,
-        Some(error) => finish(&mut tx, order_id, step, "failed", error).await?,
-    }
-
-    let (event_ids, row) = store::append_and_project(&mut tx, order_id, &events).await?;
-    // ConfirmOrder's own event needs the view (its creation date), so it is made here.
-    if saga.phase == "done" && saga.failure_reason.is_empty() && step == Step::ConfirmOrder {
-        let confirmation_number = crate::model::confirmation_number(order_id, row.created_at);
-        let (ids, _) = store::append_and_project(
-            &mut tx,
-            order_id,
-            &[OrderEvent::Confirmed {
-                confirmation_number: confirmation_number.clone(),
-            }],
-        )
-        .await?;
-        announce(
-            &mut tx,
-            cx,
-            ids[0],
-            order_id,
-            OutcomeKind::Confirmed,
-            confirmation_number,
-            String::new(),
-        )
-        .await?;
-    }
-    if let Some(position) = events
-        .iter()
-        .position(|e| matches!(e, OrderEvent::Cancelled { .. } | OrderEvent::Failed { .. }))
-    {
-        let reason = saga.failure_reason.clone();
-        announce(
-            &mut tx,
-            cx,
-            event_ids[position],
-            order_id,
-            OutcomeKind::Cancelled,
-            String::new(),
-            reason,
-        )
-        .await?;
-    }
-    if let Some(next) = saga.current {
-        queue(&mut tx, cx, order_id, next).await?;
-    }
-    sqlx::query(
-        "UPDATE sagas SET phase = $2, current_step = $3, pending = $4, failure_reason = $5, payment_token = $6, updated_at = now()
-         WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .bind(&saga.phase)
-    .bind(saga.current.map(Step::name))
-    .bind(Json(&saga.pending))
-    .bind(&saga.failure_reason)
-    .bind(&saga.payment_token)
-    .execute(&mut *tx)
-    .await
-    .map_err(db::status)?;
-    tx.commit().await.map_err(db::status)?;
-    cx.outbox.wake();
-    cx.changes.announce(order_id).await;
-    record_metrics(
-        step,
-        timed_out,
-        failure_kind,
-        &events,
-        saga.phase == "done" || saga.phase == "parked" && !events.is_empty(),
-        row.created_at,
-    );
-    Ok(true)
-}
-
 /// Counts what a committed transition did.
-fn record_metrics(
+pub(super) fn record_metrics(
     step: Step,
     timed_out: bool,
     failure_kind: Option<&str>,
@@ -501,16 +336,16 @@ fn record_metrics(
     }
 }
 
-/// Queues the order's outcome event for notification (and anyone else listening).
-async fn announce(
-    conn: &mut PgConnection,
+/// The order's outcome event for notification (and anyone else listening), with the id of the
+/// order event it reports, so consumers de-duplicate by it.
+pub fn outcome_message(
     cx: &SagaContext,
     event_id: Uuid,
     order_id: Uuid,
     kind: OutcomeKind,
     confirmation_number: String,
     reason: String,
-) -> Result<(), Status> {
+) -> Result<Message, Status> {
     let outcome = OrderOutcome {
         event_id,
         order_id,
@@ -520,13 +355,11 @@ async fn announce(
     };
     let payload =
         serde_json::to_vec(&outcome).map_err(|_| Status::internal("outcome not serialisable"))?;
-    outbox::enqueue(
-        conn,
+    Ok(Message::new(
         event_id,
-        &cx.order_events.order_event_subject(kind.subject_token()),
-        &payload,
-    )
-    .await
+        cx.order_events.order_event_subject(kind.subject_token()),
+        payload,
+    ))
 }
 
 #[derive(sqlx::FromRow)]

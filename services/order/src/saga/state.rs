@@ -104,7 +104,8 @@ impl Outcome {
 }
 
 /// The messages that run `step`: the step message and, if it has a deadline, its durable
-/// timeout. Written to the outbox by the statement that makes `step` current.
+/// timeout (deferred: see [`outbox`]). Written to the outbox by the statement that makes
+/// `step` current.
 pub fn step_messages(cx: &SagaContext, order_id: Uuid, step: Step) -> Result<Vec<Message>, Status> {
     let encode = |m: &StepMessage| {
         serde_json::to_vec(m).map_err(|_| Status::internal("step message not serialisable"))
@@ -125,13 +126,22 @@ pub fn step_messages(cx: &SagaContext, order_id: Uuid, step: Step) -> Result<Vec
             due_at_ms: Some(due.timestamp_millis()),
             ..run
         };
-        messages.push(Message::new(
-            Uuid::now_v7(),
-            cx.names.timeout_subject(step),
-            encode(&timeout)?,
-        ));
+        messages.push(Message {
+            deferred: true,
+            ..Message::new(
+                timeout_id(order_id, step),
+                cx.names.timeout_subject(step),
+                encode(&timeout)?,
+            )
+        });
     }
     Ok(messages)
+}
+
+/// The outbox id (and `Nats-Msg-Id`) of `step`'s durable timeout: derived from the order and
+/// the step, so the transition that finishes the step can delete it unpublished.
+pub fn timeout_id(order_id: Uuid, step: Step) -> Uuid {
+    Uuid::new_v5(&order_id, format!("timeout:{}", step.name()).as_bytes())
 }
 
 pub async fn load(pool: &PgPool, order_id: Uuid) -> Result<Option<Saga>, Status> {

@@ -117,6 +117,26 @@ def cpu_by_group(mesh_pid: int) -> dict[str, float]:
     return totals
 
 
+def postgres_cpu_by_database(namespace: str) -> dict[str, float]:
+    """CPU seconds so far of the PostgreSQL backends serving each of the mesh's databases (the
+    pools keep their connections, so a difference between two readings is that database's
+    share; background processes such as autovacuum are not in it)."""
+    out = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc",
+         f"SELECT pid, datname FROM pg_stat_activity WHERE datname LIKE '{namespace}\\_%'"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    totals: dict[str, float] = {}
+    for line in out.splitlines():
+        pid, _, datname = line.partition("|")
+        if pid.isdigit() and (stat := proc_stat(int(pid))):
+            service = datname.removeprefix(f"{namespace}_")
+            totals[service] = totals.get(service, 0.0) + stat[2] / CLK_TCK
+    return totals
+
+
 def peak_rss_mib(mesh_pid: int) -> dict[str, float]:
     """VmHWM (peak resident set) of each service process, MiB."""
     out = {}
@@ -279,6 +299,7 @@ def cpu_per_order(result: dict, warmup_seconds: int) -> float | None:
 
 def run_step(rate: float, args: argparse.Namespace, namespace: str, mesh_pid: int, seed: bool) -> dict:
     cpu_before = cpu_by_group(mesh_pid)
+    db_before = postgres_cpu_by_database(namespace)
     load = [
         str(BIN / "ordermesh"), "load", "--json",
         "--rate", f"{rate:g}",
@@ -296,6 +317,10 @@ def run_step(rate: float, args: argparse.Namespace, namespace: str, mesh_pid: in
     cpu_after = cpu_by_group(mesh_pid)
     cpu = {g: round(cpu_after.get(g, 0.0) - cpu_before.get(g, 0.0), 2) for g in cpu_after}
     result["cpu_seconds"] = cpu
+    db_after = postgres_cpu_by_database(namespace)
+    result["postgres_cpu_seconds_by_database"] = {
+        d: round(db_after[d] - db_before.get(d, 0.0), 2) for d in sorted(db_after)
+    }
     result["cpu_ms_per_order"] = cpu_per_order(result, args.warmup_seconds)
     e2e = result["end_to_end_latency"]
     result["passed"] = e2e["p99_ms"] < args.p99_ms and result["success_ratio"] >= args.success and result["unfinished"] == 0
@@ -311,6 +336,7 @@ def search(args: argparse.Namespace, namespace: str, mesh_pid: int) -> list[dict
         steps.append(r)
         e2e = r["end_to_end_latency"]
         log(f"  {'pass' if r['passed'] else 'FAIL'}: {r['throughput_per_s']:.1f}/s done, p99 {e2e['p99_ms']:.0f} ms, success {r['success_ratio']:.4f}, {r['cpu_ms_per_order']} ms CPU/order")
+        log(f"  PostgreSQL CPU by database: {r['postgres_cpu_seconds_by_database']}")
         return r["passed"]
 
     rate, good, bad = args.start_rate, None, None

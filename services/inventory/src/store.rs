@@ -103,6 +103,23 @@ struct ReservationRow {
     updated_at: DateTime<Utc>,
 }
 
+impl ReservationRow {
+    /// The wire reservation, with its `(sku, quantity)` lines in SKU order.
+    fn with_lines(self, lines: impl IntoIterator<Item = (String, i64)>) -> Reservation {
+        Reservation {
+            reservation_id: self.reservation_id.to_string(),
+            order_id: self.order_id.to_string(),
+            status: status_of(&self.status) as i32,
+            lines: lines
+                .into_iter()
+                .map(|(sku, quantity)| ReservationLine { sku, quantity })
+                .collect(),
+            created_at: Some(to_proto(self.created_at)),
+            updated_at: Some(to_proto(self.updated_at)),
+        }
+    }
+}
+
 fn status_of(text: &str) -> ReservationStatus {
     match text {
         "reserved" => ReservationStatus::Reserved,
@@ -134,17 +151,7 @@ async fn load_reservation(
     .fetch_all(&mut *conn)
     .await
     .map_err(db::status)?;
-    Ok(Some(Reservation {
-        reservation_id: row.reservation_id.to_string(),
-        order_id: row.order_id.to_string(),
-        status: status_of(&row.status) as i32,
-        lines: lines
-            .into_iter()
-            .map(|(sku, quantity)| ReservationLine { sku, quantity })
-            .collect(),
-        created_at: Some(to_proto(row.created_at)),
-        updated_at: Some(to_proto(row.updated_at)),
-    }))
+    Ok(Some(row.with_lines(lines)))
 }
 
 pub async fn get_reservation(pool: &PgPool, order_id: Uuid) -> Result<Option<Reservation>, Status> {
@@ -255,19 +262,16 @@ async fn claim_and_load(
         found.created_at,
         found.updated_at,
     ) {
-        (Some(id), Some(status), Some(created_at), Some(updated_at)) => Some(Reservation {
-            reservation_id: id.to_string(),
-            order_id: order_id.to_string(),
-            status: status_of(&status) as i32,
-            lines: found
-                .skus
-                .into_iter()
-                .zip(found.quantities)
-                .map(|(sku, quantity)| ReservationLine { sku, quantity })
-                .collect(),
-            created_at: Some(to_proto(created_at)),
-            updated_at: Some(to_proto(updated_at)),
-        }),
+        (Some(reservation_id), Some(status), Some(created_at), Some(updated_at)) => Some(
+            ReservationRow {
+                reservation_id,
+                order_id,
+                status,
+                created_at,
+                updated_at,
+            }
+            .with_lines(found.skus.into_iter().zip(found.quantities)),
+        ),
         _ => None,
     };
     Ok((found.claimed, reservation))

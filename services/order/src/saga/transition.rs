@@ -55,7 +55,7 @@ impl<'r> FromRow<'r, PgRow> for Snapshot {
 
 /// `SELECT` list and `FROM` of a snapshot: the view's columns as they are, the saga's with a
 /// `saga_` prefix (both tables have `failure_reason` and `updated_at`).
-static SNAPSHOT_FROM: LazyLock<String> = LazyLock::new(|| {
+fn snapshot_from() -> String {
     let view: Vec<String> = ORDER_COLUMNS
         .split(", ")
         .map(|c| format!("v.{c}"))
@@ -70,11 +70,29 @@ static SNAPSHOT_FROM: LazyLock<String> = LazyLock::new(|| {
         view.join(", "),
         saga.join(", ")
     )
+}
+
+/// The snapshot query, built once (it runs for every step delivery).
+static SNAPSHOT_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {} WHERE s.order_id = $1", snapshot_from()));
+
+/// The snapshot query of a redelivery: marks the step running with its attempt count first.
+static REDELIVERY_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH attempt AS (
+             UPDATE saga_steps SET attempts = greatest(attempts, $3), status = 'running',
+                    started_at = coalesce(started_at, $4, now())
+             WHERE order_id = $1 AND step = $2
+               AND EXISTS (SELECT 1 FROM sagas WHERE order_id = $1 AND current_step = $2)
+         )
+         SELECT {} WHERE s.order_id = $1",
+        snapshot_from()
+    )
 });
 
 /// The saga and view of `order_id`, if it exists.
 pub async fn snapshot(pool: &PgPool, order_id: Uuid) -> Result<Option<Snapshot>, Status> {
-    sqlx::query_as(&format!("SELECT {} WHERE s.order_id = $1", *SNAPSHOT_FROM))
+    sqlx::query_as(&SNAPSHOT_SQL)
         .bind(order_id)
         .fetch_optional(pool)
         .await
@@ -111,23 +129,14 @@ pub async fn begin_attempt(
     if attempt.delivered <= 1 {
         return snapshot(pool, order_id).await;
     }
-    sqlx::query_as(&format!(
-        "WITH attempt AS (
-             UPDATE saga_steps SET attempts = greatest(attempts, $3), status = 'running',
-                    started_at = coalesce(started_at, $4, now())
-             WHERE order_id = $1 AND step = $2
-               AND EXISTS (SELECT 1 FROM sagas WHERE order_id = $1 AND current_step = $2)
-         )
-         SELECT {} WHERE s.order_id = $1",
-        *SNAPSHOT_FROM
-    ))
-    .bind(order_id)
-    .bind(step.name())
-    .bind(i32::try_from(attempt.delivered).unwrap_or(i32::MAX))
-    .bind(attempt.started)
-    .fetch_optional(pool)
-    .await
-    .map_err(db::status)
+    sqlx::query_as(&REDELIVERY_SQL)
+        .bind(order_id)
+        .bind(step.name())
+        .bind(i32::try_from(attempt.delivered).unwrap_or(i32::MAX))
+        .bind(attempt.started)
+        .fetch_optional(pool)
+        .await
+        .map_err(db::status)
 }
 
 /// Applies `outcome` of `step` to the saga as it is now. Returns false (and changes nothing)

@@ -290,10 +290,10 @@ async fn a_rolling_restart_of_every_instance_loses_no_call_and_no_order() {
                 .await
                 .ok()
                 .and_then(|r| r.into_inner().order)
-                .map(|o| o.status());
+                .map(|o| (o.status(), o.failure_reason));
             match status {
-                Some(status) if status.is_terminal() => {
-                    assert_eq!(status, OrderStatus::Confirmed, "order {id}");
+                Some((status, reason)) if status.is_terminal() => {
+                    assert_eq!(status, OrderStatus::Confirmed, "order {id}: {reason}");
                 }
                 _ => still.push(id),
             }

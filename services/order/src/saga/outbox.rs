@@ -1,8 +1,8 @@
 //! Transactional outbox. State changes write their messages to the `outbox` table in the same
 //! statement as the change itself, and after the commit hand the same messages to the relay
 //! in-process ([`Outbox::hand_over`]). The relay publishes them to JetStream (pipelined
-//! publishes, acks awaited together) with `Nats-Msg-Id` = the message id, then deletes their rows
-//! in one statement. The table stays the source of truth: rows the relay never got (a crash, a
+//! publishes, acks awaited together) with `Nats-Msg-Id` = the message id, and deletes the rows
+//! of everything it published in one statement every [`DELETE_EVERY`]. The table stays the source of truth: rows the relay never got (a crash, a
 //! full queue, a failed publish, another replica's crash) are found by a poll once they are
 //! older than [`STALE`] and published from there. Publishing one twice is harmless: JetStream
 //! drops the second copy as a duplicate. No dual writes anywhere.
@@ -34,6 +34,15 @@ const QUEUE: usize = 4096;
 
 /// How often the relay looks for rows nobody handed over.
 const POLL: Duration = Duration::from_secs(1);
+
+/// How long published rows wait to be deleted together. One statement per batch cost a
+/// statement for nearly every message at moderate rates (batches were one or two messages), a
+/// third of the order database's statements; a row that outlives its publish by this much
+/// is harmless (see [`STALE`]).
+const DELETE_EVERY: Duration = Duration::from_millis(100);
+
+/// Published rows awaiting deletion beyond which they are deleted at once.
+const DELETE_BATCH: usize = 4096;
 
 /// A row older than this is the poll's: the relay would have published a handed-over one by
 /// then, and a deferred timeout whose step has run this long is due to be published.
@@ -138,10 +147,16 @@ pub async fn relay(
         .connect_lazy_with(options);
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = tokio::time::interval(DELETE_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published = Published::default();
     let mut failures = 0u32;
     loop {
         let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                published.delete(&deletes).await;
+                return;
+            }
             Some(first) = inbox.0.recv() => {
                 let mut batch = first;
                 while batch.len() < BATCH {
@@ -150,7 +165,18 @@ pub async fn relay(
                         Err(_) => break,
                     }
                 }
-                publish_handed_over(&deletes, &js, &batch).await
+                let sent = publish(&js, &batch).await;
+                if sent.is_ok() {
+                    published.add(&batch);
+                    if published.0.len() >= DELETE_BATCH {
+                        published.delete(&deletes).await;
+                    }
+                }
+                sent
+            }
+            _ = sweep.tick() => {
+                published.delete(&deletes).await;
+                Ok(())
             }
             _ = poll.tick() => {
                 if let Err(error) = export_lag(&pool).await {
@@ -175,20 +201,30 @@ pub async fn relay(
     }
 }
 
-/// Publishes messages whose rows committed a moment ago, then deletes the rows (on a pool
-/// without synchronous commit).
-async fn publish_handed_over(
-    deletes: &PgPool,
-    js: &jetstream::Context,
-    batch: &[Message],
-) -> Result<(), RelayError> {
-    publish(js, batch).await?;
-    let ids: Vec<Uuid> = batch.iter().map(|m| m.msg_id).collect();
-    sqlx::query("DELETE FROM outbox WHERE msg_id = ANY($1)")
-        .bind(&ids)
-        .execute(deletes)
-        .await?;
-    Ok(())
+/// Ids of handed-over messages JetStream has stored, whose rows are still to be deleted.
+#[derive(Default)]
+struct Published(Vec<Uuid>);
+
+impl Published {
+    fn add(&mut self, batch: &[Message]) {
+        self.0.extend(batch.iter().map(|m| m.msg_id));
+    }
+
+    /// Deletes the rows (on a pool without synchronous commit). A failed delete is only
+    /// logged: its rows reach the poll after [`STALE`] and their re-publish is de-duplicated.
+    async fn delete(&mut self, pool: &PgPool) {
+        if self.0.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.0);
+        if let Err(error) = sqlx::query("DELETE FROM outbox WHERE msg_id = ANY($1)")
+            .bind(&ids)
+            .execute(pool)
+            .await
+        {
+            tracing::warn!(%error, rows = ids.len(), "could not delete published outbox rows; the poll will re-publish them");
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -204,9 +240,9 @@ async fn publish_stale(pool: &PgPool, js: &jetstream::Context) -> Result<(), Rel
     loop {
         let mut tx = pool.begin().await?;
         let rows: Vec<Row> = sqlx::query_as(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox WHERE created_at < now() - make_interval(secs => $2)
-                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+            "DELETE FROM outbox WHERE msg_id IN (
+                 SELECT msg_id FROM outbox WHERE created_at < now() - make_interval(secs => $2)
+                 ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING msg_id, subject, payload, headers",
         )
         .bind(BATCH as i64)

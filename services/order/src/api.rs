@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use ordermesh::{
     proto::{
         common::PageResponse,
@@ -195,8 +195,8 @@ impl OrderService for Orders {
                     return Some((Ok(WatchOrderResponse { order: Some(order) }), w));
                 }
                 tokio::select! {
-                    Some(signal) = w.signals.next() => {
-                        if let Some(order) = crate::changes::carried(&signal) {
+                    signal = w.signals.next() => {
+                        if let Some(order) = signal {
                             w.pending = Some(order);
                             continue;
                         }
@@ -232,7 +232,7 @@ struct Watch {
     deadline: tokio::time::Instant,
     allowed: std::time::Duration,
     pool: sqlx::PgPool,
-    signals: async_nats::Subscriber,
+    signals: crate::changes::Watch,
     order_id: uuid::Uuid,
     pending: Option<Order>,
     last_version: i64,

@@ -57,12 +57,27 @@ pub async fn stored<R: Message + Default>(
     key: &str,
     hash: &[u8],
 ) -> Result<R, Status> {
-    let (stored_hash, response): (Vec<u8>, Option<Vec<u8>>) =
+    previous(conn, key, hash)
+        .await?
+        .ok_or_else(|| Status::internal("idempotency key vanished after it was claimed"))
+}
+
+/// As [`stored`], but `None` when nobody has used `key` yet: for writers that learn only
+/// afterwards why their conditional claim did not happen.
+pub async fn previous<R: Message + Default>(
+    conn: &mut PgConnection,
+    key: &str,
+    hash: &[u8],
+) -> Result<Option<R>, Status> {
+    let found: Option<(Vec<u8>, Option<Vec<u8>>)> =
         sqlx::query_as("SELECT request_hash, response FROM idempotency_keys WHERE key = $1")
             .bind(key)
-            .fetch_one(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(crate::db::status)?;
+    let Some((stored_hash, response)) = found else {
+        return Ok(None);
+    };
     if stored_hash != hash {
         return Err(Status::failed_precondition(format!(
             "idempotency key {key:?} was already used for a different request"
@@ -73,7 +88,32 @@ pub async fn stored<R: Message + Default>(
     let replay = R::decode(bytes.as_slice())
         .map_err(|_| Status::internal("stored response is unreadable"))?;
     crate::metrics::IDEMPOTENT_REPLAYS.inc();
-    Ok(replay)
+    Ok(Some(replay))
+}
+
+/// Claims `key` with `response` already stored (a call whose only effect is its answer), or
+/// replays what the call that claimed it first stored.
+pub async fn answer<R: Message + Default>(
+    conn: &mut PgConnection,
+    key: &str,
+    hash: &[u8],
+    response: R,
+) -> Result<R, Status> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (key, request_hash, response) VALUES ($1, $2, $3)
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(hash)
+    .bind(response.encode_to_vec())
+    .execute(&mut *conn)
+    .await
+    .map_err(crate::db::status)?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(response);
+    }
+    stored(conn, key, hash).await
 }
 
 /// Stores the response of the call that claimed `key`, in the same transaction as its effect.

@@ -278,8 +278,12 @@ async fn claim_and_load(
 }
 
 /// Reserves every line or none. `request` is the wire request, hashed for the idempotency check.
-/// Five round trips: begin, claim + look for a reservation, lock the items (in SKU order, so
-/// concurrent reservations cannot deadlock), write everything with the stored response, commit.
+///
+/// One statement, committed on its own ([`RESERVE_SQL`]): it locks the items in SKU order (so
+/// concurrent multi-line reservations cannot deadlock) and, only if every line is covered and
+/// the order has no reservation yet, claims the key with the response, moves the stock and
+/// writes the reservation. When it did not reserve, what it returned says why, and a second
+/// round trip answers: a replay, a refusal, or the shortages (stored under the key).
 pub async fn reserve(
     pool: &PgPool,
     key: &str,
@@ -287,20 +291,15 @@ pub async fn reserve(
     order_id: Uuid,
     lines: &[(Sku, i64)],
 ) -> Result<ReserveResponse, Status> {
+    #[derive(sqlx::FromRow)]
+    struct Attempt {
+        reserved: bool,
+        covered: bool,
+        existing: Option<String>,
+        skus: Vec<String>,
+        available: Vec<i64>,
+    }
     let hash = idempotency::request_hash(request);
-    let mut tx = pool.begin().await.map_err(db::status)?;
-    let (claimed, existing) = claim_and_load(&mut tx, key, &hash, order_id).await?;
-    if !claimed {
-        return idempotency::stored(&mut tx, key, &hash).await;
-    }
-    if let Some(existing) = existing {
-        let state = ReservationStatus::try_from(existing.status)
-            .unwrap_or_default()
-            .as_str_name();
-        return Err(Status::failed_precondition(format!(
-            "order {order_id} already has a reservation ({state}); use the same idempotency key to retry"
-        )));
-    }
     let mut sorted: Vec<ReservationLine> = lines
         .iter()
         .map(|(sku, quantity)| ReservationLine {
@@ -310,9 +309,57 @@ pub async fn reserve(
         .collect();
     sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
     let skus: Vec<String> = sorted.iter().map(|l| l.sku.clone()).collect();
-    let available = lock_items(&mut tx, &skus).await?;
-
-    let shortages: Vec<Shortage> = sorted
+    let quantities: Vec<i64> = sorted.iter().map(|l| l.quantity).collect();
+    let reservation_id = Uuid::now_v7();
+    // Timestamps from here, so the stored response and the row agree.
+    let now = Utc::now().trunc_subsecs(6);
+    let response = ReserveResponse {
+        outcome: ReserveOutcome::Reserved as i32,
+        reservation: Some(Reservation {
+            reservation_id: reservation_id.to_string(),
+            order_id: order_id.to_string(),
+            status: ReservationStatus::Reserved as i32,
+            lines: sorted.clone(),
+            created_at: Some(to_proto(now)),
+            updated_at: Some(to_proto(now)),
+        }),
+        shortages: Vec::new(),
+    };
+    let mut conn = pool.acquire().await.map_err(db::status)?;
+    let attempt: Attempt = sqlx::query_as(RESERVE_SQL)
+        .bind(&skus)
+        .bind(&quantities)
+        .bind(reservation_id)
+        .bind(order_id)
+        .bind(now)
+        .bind(response.encode_to_vec())
+        .bind(key)
+        .bind(&hash)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db::status)?;
+    if attempt.reserved {
+        RESERVATIONS.with_label_values(&["reserved"]).inc();
+        return Ok(response);
+    }
+    // Not reserved: a repeat of a call already answered, another call's reservation of this
+    // order, or too little stock.
+    if let Some(replay) = idempotency::previous(&mut conn, key, &hash).await? {
+        return Ok(replay);
+    }
+    if let Some(status) = attempt.existing {
+        let state = status_of(&status).as_str_name();
+        return Err(Status::failed_precondition(format!(
+            "order {order_id} already has a reservation ({state}); use the same idempotency key to retry"
+        )));
+    }
+    if attempt.covered {
+        // Covered, not existing, key free a moment ago: a concurrent call took the key and
+        // rolled back since. Nothing happened here; the caller retries.
+        return Err(Status::aborted("concurrent update conflict, retry"));
+    }
+    let available: HashMap<String, i64> = attempt.skus.into_iter().zip(attempt.available).collect();
+    let shortages = sorted
         .iter()
         .filter_map(|line| {
             let have = available.get(&line.sku).copied().unwrap_or(0);
@@ -323,66 +370,55 @@ pub async fn reserve(
             })
         })
         .collect();
-    let response = if shortages.is_empty() {
-        let reservation_id = Uuid::now_v7();
-        // Timestamps from here, so the stored response and the row agree.
-        let now = Utc::now().trunc_subsecs(6);
-        let quantities: Vec<i64> = sorted.iter().map(|l| l.quantity).collect();
-        let response = ReserveResponse {
-            outcome: ReserveOutcome::Reserved as i32,
-            reservation: Some(Reservation {
-                reservation_id: reservation_id.to_string(),
-                order_id: order_id.to_string(),
-                status: ReservationStatus::Reserved as i32,
-                lines: sorted,
-                created_at: Some(to_proto(now)),
-                updated_at: Some(to_proto(now)),
-            }),
-            shortages: Vec::new(),
-        };
-        sqlx::query(
-            "WITH shift AS (
-                 UPDATE items SET available = available - r.qty, reserved = reserved + r.qty,
-                        updated_at = now()
-                 FROM unnest($1::text[], $2::bigint[]) AS r(sku, qty) WHERE items.sku = r.sku
-             ), reservation AS (
-                 INSERT INTO reservations (reservation_id, order_id, status, created_at, updated_at)
-                 VALUES ($3, $4, 'reserved', $5, $5)
-             ), lines AS (
-                 INSERT INTO reservation_lines (reservation_id, sku, quantity)
-                 SELECT $3, sku, qty FROM unnest($1::text[], $2::bigint[]) AS r(sku, qty)
-             )
-             UPDATE idempotency_keys SET response = $6 WHERE key = $7",
-        )
-        .bind(&skus)
-        .bind(&quantities)
-        .bind(reservation_id)
-        .bind(order_id)
-        .bind(now)
-        .bind(response.encode_to_vec())
-        .bind(key)
-        .execute(&mut *tx)
-        .await
-        .map_err(db::status)?;
-        response
-    } else {
-        let response = ReserveResponse {
-            outcome: ReserveOutcome::InsufficientStock as i32,
-            reservation: None,
-            shortages,
-        };
-        idempotency::record(&mut tx, key, &response).await?;
-        response
+    let short = ReserveResponse {
+        outcome: ReserveOutcome::InsufficientStock as i32,
+        reservation: None,
+        shortages,
     };
-    tx.commit().await.map_err(db::status)?;
-    let outcome = if response.outcome() == ReserveOutcome::Reserved {
-        "reserved"
-    } else {
-        "insufficient_stock"
-    };
-    RESERVATIONS.with_label_values(&[outcome]).inc();
-    Ok(response)
+    let answer = idempotency::answer(&mut conn, key, &hash, short).await?;
+    RESERVATIONS
+        .with_label_values(&["insufficient_stock"])
+        .inc();
+    Ok(answer)
 }
+
+/// [`reserve`]'s statement. `stock` locks the items in SKU order and reads what they hold now;
+/// `verdict` is whether every line is covered and the order has no reservation; only then does
+/// `claim` take the key (with the response), and only a claim moves the stock (the check that
+/// `available` stays non-negative guards it again) and writes the reservation and its lines. A concurrent
+/// reservation of the same order by another key fails on `reservations.order_id`'s uniqueness
+/// (ABORTED; the retry is refused as existing).
+const RESERVE_SQL: &str = "WITH existing AS (
+         SELECT status FROM reservations WHERE order_id = $4
+     ), stock AS (
+         SELECT sku, available FROM items WHERE sku = ANY($1) ORDER BY sku FOR UPDATE
+     ), verdict AS (
+         SELECT NOT EXISTS (SELECT 1 FROM existing)
+                AND (SELECT count(*) FROM stock
+                     JOIN unnest($1::text[], $2::bigint[]) AS r(sku, qty) USING (sku)
+                     WHERE stock.available >= r.qty) = cardinality($1::text[]) AS covered
+     ), claim AS (
+         INSERT INTO idempotency_keys (key, request_hash, response)
+         SELECT $7, $8, $6 FROM verdict WHERE covered
+         ON CONFLICT (key) DO NOTHING RETURNING key
+     ), shift AS (
+         UPDATE items SET available = available - r.qty, reserved = reserved + r.qty,
+                updated_at = now()
+         FROM unnest($1::text[], $2::bigint[]) AS r(sku, qty)
+         WHERE items.sku = r.sku AND EXISTS (SELECT 1 FROM claim)
+     ), reservation AS (
+         INSERT INTO reservations (reservation_id, order_id, status, created_at, updated_at)
+         SELECT $3, $4, 'reserved', $5, $5 FROM claim
+     ), lines AS (
+         INSERT INTO reservation_lines (reservation_id, sku, quantity)
+         SELECT $3, r.sku, r.qty FROM unnest($1::text[], $2::bigint[]) AS r(sku, qty)
+         WHERE EXISTS (SELECT 1 FROM claim)
+     )
+     SELECT EXISTS (SELECT 1 FROM claim) AS reserved,
+            (SELECT covered FROM verdict) AS covered,
+            (SELECT status FROM existing) AS existing,
+            coalesce((SELECT array_agg(sku ORDER BY sku) FROM stock), '{}') AS skus,
+            coalesce((SELECT array_agg(available ORDER BY sku) FROM stock), '{}') AS available";
 
 /// Returns an order's reserved stock to available. With no reservation, records a released
 /// one without lines so that a late Reserve of the same order is refused.

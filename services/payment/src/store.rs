@@ -1,7 +1,7 @@
 //! Payment persistence. Charge and Refund of one order serialise on a transaction-scoped
 //! advisory lock of the order id, so a refund racing a late charge cannot leave money taken.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use ordermesh::{
     db, idempotency,
     proto::{
@@ -10,6 +10,7 @@ use ordermesh::{
     },
     time::to_proto,
 };
+use prost::Message;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tonic::Status;
@@ -20,7 +21,7 @@ use crate::{
     processor::{self, Version},
 };
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Clone)]
 struct PaymentRow {
     payment_id: Uuid,
     order_id: Uuid,
@@ -95,6 +96,9 @@ pub struct Charge<'a> {
     pub token: &'a str,
 }
 
+/// Charges the order: four round trips. Begin; claim the key and take the order's lock;
+/// write the payment with its stored response unless the order is blocked or already paid;
+/// commit. The response (timestamps included) is built before the write, so row and answer agree.
 pub async fn charge(
     pool: &PgPool,
     key: &str,
@@ -102,28 +106,29 @@ pub async fn charge(
     charge: Charge<'_>,
     version: Version,
 ) -> Result<ChargeResponse, Status> {
+    #[derive(sqlx::FromRow)]
+    struct Attempt {
+        charged: bool,
+        blocked: Option<String>,
+    }
+    let hash = idempotency::request_hash(request);
     let mut tx = pool.begin().await.map_err(db::status)?;
-    if let Some(replay) = idempotency::claim(&mut tx, key, request).await? {
-        return Ok(replay);
-    }
-    lock_order(&mut tx, charge.order_id).await?;
-    let blocked: Option<String> =
-        sqlx::query_scalar("SELECT reason FROM payment_blocks WHERE order_id = $1")
-            .bind(charge.order_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db::status)?;
-    if let Some(reason) = blocked {
-        return Err(Status::failed_precondition(format!(
-            "order {} was cancelled before it was charged ({reason}); nothing was charged",
-            charge.order_id
-        )));
-    }
-    if load(&mut tx, charge.order_id).await?.is_some() {
-        return Err(Status::failed_precondition(format!(
-            "order {} already has a payment; retry with its original idempotency key",
-            charge.order_id
-        )));
+    let claimed: bool = sqlx::query_scalar(
+        "WITH claim AS (
+             INSERT INTO idempotency_keys (key, request_hash) VALUES ($1, $2)
+             ON CONFLICT (key) DO NOTHING RETURNING key
+         )
+         SELECT EXISTS (SELECT 1 FROM claim)
+         FROM (SELECT pg_advisory_xact_lock(hashtextextended($3::text, 0))) AS locked",
+    )
+    .bind(key)
+    .bind(&hash)
+    .bind(charge.order_id)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db::status)?;
+    if !claimed {
+        return idempotency::stored(&mut tx, key, &hash).await;
     }
     let (status, decline_reason) =
         match processor::authorize(version, charge.token, charge.amount_minor) {
@@ -134,28 +139,67 @@ pub async fn charge(
         let chars: Vec<char> = charge.token.chars().collect();
         chars[chars.len().saturating_sub(4)..].iter().collect()
     };
-    let fingerprint = format!("{:x}", Sha256::digest(charge.token.as_bytes()));
-    let row: PaymentRow = sqlx::query_as(&format!(
-        "INSERT INTO payments (payment_id, order_id, status, currency, amount_minor, decline_reason, card_last4,
-                               card_fingerprint, processor_version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(charge.order_id)
-    .bind(status.as_str_name())
-    .bind(charge.currency)
-    .bind(charge.amount_minor)
-    .bind(&decline_reason)
-    .bind(&last4)
-    .bind(&fingerprint)
-    .bind(version.as_str())
+    let now = Utc::now().trunc_subsecs(6);
+    let row = PaymentRow {
+        payment_id: Uuid::now_v7(),
+        order_id: charge.order_id,
+        status: status.as_str_name().into(),
+        currency: charge.currency.into(),
+        amount_minor: charge.amount_minor,
+        refunded_minor: 0,
+        decline_reason,
+        card_last4: last4,
+        card_fingerprint: format!("{:x}", Sha256::digest(charge.token.as_bytes())),
+        processor_version: version.as_str().into(),
+        created_at: now,
+        updated_at: now,
+    };
+    let response = ChargeResponse {
+        payment: Some(row.clone().into()),
+    };
+    // The lock makes this see any block or payment committed before it.
+    let attempt: Attempt = sqlx::query_as(
+        "WITH blocked AS (
+             SELECT reason FROM payment_blocks WHERE order_id = $2
+         ), payment AS (
+             INSERT INTO payments (payment_id, order_id, status, currency, amount_minor, decline_reason,
+                                   card_last4, card_fingerprint, processor_version, created_at, updated_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10
+             WHERE NOT EXISTS (SELECT 1 FROM blocked)
+             ON CONFLICT (order_id) DO NOTHING RETURNING payment_id
+         ), answer AS (
+             UPDATE idempotency_keys SET response = $11
+             WHERE key = $12 AND EXISTS (SELECT 1 FROM payment)
+         )
+         SELECT EXISTS (SELECT 1 FROM payment) AS charged, (SELECT reason FROM blocked) AS blocked",
+    )
+    .bind(row.payment_id)
+    .bind(row.order_id)
+    .bind(&row.status)
+    .bind(&row.currency)
+    .bind(row.amount_minor)
+    .bind(&row.decline_reason)
+    .bind(&row.card_last4)
+    .bind(&row.card_fingerprint)
+    .bind(&row.processor_version)
+    .bind(now)
+    .bind(response.encode_to_vec())
+    .bind(key)
     .fetch_one(&mut *tx)
     .await
     .map_err(db::status)?;
-    let response = ChargeResponse {
-        payment: Some(row.into()),
-    };
-    idempotency::record(&mut tx, key, &response).await?;
+    if let Some(reason) = attempt.blocked {
+        return Err(Status::failed_precondition(format!(
+            "order {} was cancelled before it was charged ({reason}); nothing was charged",
+            charge.order_id
+        )));
+    }
+    if !attempt.charged {
+        return Err(Status::failed_precondition(format!(
+            "order {} already has a payment; retry with its original idempotency key",
+            charge.order_id
+        )));
+    }
     tx.commit().await.map_err(db::status)?;
     let outcome = if status == PaymentStatus::Captured {
         "captured"

@@ -1,18 +1,20 @@
-//! Label persistence; each mutation one transaction with its idempotency record.
+//! Label persistence; each mutation one transaction with its idempotency record (a create is a
+//! single statement).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use ordermesh::{
     db, idempotency,
     proto::shipping::{CancelLabelResponse, CreateLabelResponse, Label, LabelStatus},
     time::to_proto,
 };
+use prost::Message;
 use sqlx::{PgConnection, PgPool};
 use tonic::Status;
 use uuid::Uuid;
 
 use crate::metrics::LABELS;
 
-#[derive(sqlx::FromRow)]
+#[derive(sqlx::FromRow, Clone)]
 struct LabelRow {
     label_id: Uuid,
     order_id: Uuid,
@@ -76,50 +78,95 @@ pub struct NewLabel<'a> {
     pub country_code: &'a str,
 }
 
+/// Creates the order's label, in one statement committed on its own: the key is claimed with
+/// the response only if the order has no label yet, and the label is written only with the
+/// claim. A label written meanwhile under another key (a concurrent create, or a cancel that
+/// blocks the order) makes the label insert fail on `labels.order_id`'s uniqueness, which undoes
+/// the claim too (ABORTED; the retry is refused as existing).
 pub async fn create(
     pool: &PgPool,
     key: &str,
     request: &impl prost::Message,
     label: NewLabel<'_>,
 ) -> Result<CreateLabelResponse, Status> {
-    let mut tx = pool.begin().await.map_err(db::status)?;
-    if let Some(replay) = idempotency::claim(&mut tx, key, request).await? {
-        return Ok(replay);
+    #[derive(sqlx::FromRow)]
+    struct Attempt {
+        created: bool,
+        existing: Option<String>,
     }
-    if let Some(existing) = load(&mut tx, label.order_id, true).await? {
-        let state = if existing.status == LabelStatus::Cancelled.as_str_name() {
-            "cancelled"
-        } else {
-            "created"
-        };
-        return Err(Status::failed_precondition(format!(
-            "order {} already has a label ({state}); retry with its original idempotency key",
-            label.order_id
-        )));
-    }
+    let hash = idempotency::request_hash(request);
     let label_id = Uuid::now_v7();
-    let row: LabelRow = sqlx::query_as(&format!(
-        "INSERT INTO labels (label_id, order_id, tracking_number, carrier, service_level, status, units, country_code)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
-    ))
-    .bind(label_id)
-    .bind(label.order_id)
-    .bind(tracking_number(label_id))
-    .bind(CARRIER)
-    .bind(label.service_level)
-    .bind(LabelStatus::Created.as_str_name())
+    // Timestamps from here, so the stored response and the row agree.
+    let now = Utc::now().trunc_subsecs(6);
+    let row = LabelRow {
+        label_id,
+        order_id: label.order_id,
+        tracking_number: tracking_number(label_id),
+        carrier: CARRIER.into(),
+        service_level: label.service_level.into(),
+        status: LabelStatus::Created.as_str_name().into(),
+        created_at: now,
+        updated_at: now,
+    };
+    let mut conn = pool.acquire().await.map_err(db::status)?;
+    let attempt: Attempt = sqlx::query_as(
+        "WITH existing AS (
+             SELECT status FROM labels WHERE order_id = $2
+         ), claim AS (
+             INSERT INTO idempotency_keys (key, request_hash, response)
+             SELECT $10, $11, $12 WHERE NOT EXISTS (SELECT 1 FROM existing)
+             ON CONFLICT (key) DO NOTHING RETURNING key
+         ), label AS (
+             INSERT INTO labels (label_id, order_id, tracking_number, carrier, service_level, status,
+                                 units, country_code, created_at, updated_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9 FROM claim
+         )
+         SELECT EXISTS (SELECT 1 FROM claim) AS created, (SELECT status FROM existing) AS existing",
+    )
+    .bind(row.label_id)
+    .bind(row.order_id)
+    .bind(&row.tracking_number)
+    .bind(&row.carrier)
+    .bind(&row.service_level)
+    .bind(&row.status)
     .bind(label.units)
     .bind(label.country_code)
-    .fetch_one(&mut *tx)
+    .bind(now)
+    .bind(key)
+    .bind(&hash)
+    .bind(
+        CreateLabelResponse {
+            label: Some(Label::from(row.clone())),
+        }
+        .encode_to_vec(),
+    )
+    .fetch_one(&mut *conn)
     .await
     .map_err(db::status)?;
-    let response = CreateLabelResponse {
-        label: Some(row.into()),
-    };
-    idempotency::record(&mut tx, key, &response).await?;
-    tx.commit().await.map_err(db::status)?;
-    LABELS.with_label_values(&["created"]).inc();
-    Ok(response)
+    if attempt.created {
+        LABELS.with_label_values(&["created"]).inc();
+        return Ok(CreateLabelResponse {
+            label: Some(row.into()),
+        });
+    }
+    if let Some(replay) = idempotency::previous(&mut conn, key, &hash).await? {
+        return Ok(replay);
+    }
+    match attempt.existing {
+        Some(status) => {
+            let state = if status == LabelStatus::Cancelled.as_str_name() {
+                "cancelled"
+            } else {
+                "created"
+            };
+            Err(Status::failed_precondition(format!(
+                "order {} already has a label ({state}); retry with its original idempotency key",
+                label.order_id
+            )))
+        }
+        // The key was taken by a call that has rolled back since: nothing happened here.
+        None => Err(Status::aborted("concurrent update conflict, retry")),
+    }
 }
 
 pub async fn cancel(

@@ -21,6 +21,15 @@ pub struct Cache {
     prefix: String,
 }
 
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("prefix", &self.prefix)
+            .field("connected", &self.connection.get().is_some())
+            .finish()
+    }
+}
+
 impl Cache {
     /// Starts connecting in the background (retrying every few seconds while Redis is down) and
     /// returns at once. An empty URL disables the cache.

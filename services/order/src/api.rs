@@ -116,7 +116,6 @@ impl OrderService for Orders {
                     transition::Attempt::NONE,
                 )
                 .await?;
-                read_model::invalidate(deps, order_id).await;
             }
             Some(Step::ConfirmOrder) => {
                 return Err(Status::failed_precondition(

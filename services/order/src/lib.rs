@@ -185,12 +185,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             outbox,
             order_events: events,
             timeouts: saga_settings.timeouts.clone(),
+            cache: cache.clone(),
         };
         let worker = Arc::new(Worker {
             pool: pool.clone(),
             saga: saga.clone(),
             callees,
-            cache: cache.clone(),
             jetstream: nats.jetstream.clone(),
             max_deliver: saga_settings.max_deliver,
             finished: saga::finished::Finished::new(FINISHED_STEPS_REMEMBERED),
@@ -208,6 +208,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             background.token(),
         ));
         background.spawn(executor::run_timeouts(worker, timeouts, background.token()));
+        background.spawn(saga::deadlines::run(
+            pool.clone(),
+            nats.jetstream.clone(),
+            saga.names.clone(),
+            saga.timeouts.clone(),
+            background.token(),
+        ));
         background.spawn(saga::census::run(
             pool.clone(),
             nats.jetstream.clone(),

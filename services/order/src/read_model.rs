@@ -17,7 +17,8 @@ use crate::{Deps, store};
 /// How long a terminal order stays cached.
 const TTL: Duration = Duration::from_secs(3600);
 
-fn key(order_id: Uuid) -> String {
+/// The cache key of an order.
+pub fn key(order_id: Uuid) -> String {
     format!("order:{order_id}")
 }
 
@@ -42,10 +43,4 @@ pub async fn get(deps: &Deps, order_id: Uuid) -> Result<Option<Order>, Status> {
             .await;
     }
     Ok(order)
-}
-
-/// Drops a cached copy. Terminal orders do not change, so this only matters if one ever does
-/// (an operator redriving a FAILED saga's compensation).
-pub async fn invalidate(deps: &Deps, order_id: Uuid) {
-    deps.cache.delete(&key(order_id)).await;
 }

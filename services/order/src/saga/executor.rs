@@ -100,7 +100,6 @@ pub struct Worker {
     pub pool: PgPool,
     pub saga: SagaContext,
     pub callees: Callees,
-    pub cache: ordermesh::cache::Cache,
     pub jetstream: jetstream::Context,
     /// Deliveries before a step message is dead-lettered (the consumer's `max_deliver`).
     pub max_deliver: i64,
@@ -242,7 +241,6 @@ impl Worker {
         }
         transition::advance_from(&self.pool, &self.saga, seen, m.step, outcome, attempt).await?;
         self.finished.insert(m.order_id, m.step);
-        self.cache.delete(&format!("order:{}", m.order_id)).await;
         Ok(())
     }
 
@@ -573,7 +571,6 @@ impl Worker {
             Ok(fired) => {
                 if fired {
                     tracing::warn!(order_id = %m.order_id, step = m.step.name(), %reason, "step timed out; compensating");
-                    self.cache.delete(&format!("order:{}", m.order_id)).await;
                 }
                 let _ = message.ack().await;
             }

@@ -32,6 +32,8 @@ pub struct SagaContext {
     pub outbox: outbox::Outbox,
     pub order_events: ordermesh::nats::Names,
     pub timeouts: Timeouts,
+    /// The read model's cache, which holds terminal orders only (see `read_model`).
+    pub cache: ordermesh::cache::Cache,
 }
 
 /// A saga as stored.
@@ -103,43 +105,25 @@ impl Outcome {
     }
 }
 
-/// The messages that run `step`: the step message and, if it has a deadline, its durable
-/// timeout (deferred: see [`outbox`]). Written to the outbox by the statement that makes
-/// `step` current.
-pub fn step_messages(cx: &SagaContext, order_id: Uuid, step: Step) -> Result<Vec<Message>, Status> {
-    let encode = |m: &StepMessage| {
-        serde_json::to_vec(m).map_err(|_| Status::internal("step message not serialisable"))
-    };
+/// The message that runs `step`. Written to the outbox by the statement that makes `step`
+/// current; its deadline, if it has one, is the saga row's business (see [`super::deadlines`]).
+pub fn step_message(cx: &SagaContext, order_id: Uuid, step: Step) -> Result<Message, Status> {
     let run = StepMessage {
         order_id,
         step,
         due_at_ms: None,
     };
-    let mut messages = vec![Message::new(
+    let payload =
+        serde_json::to_vec(&run).map_err(|_| Status::internal("step message not serialisable"))?;
+    Ok(Message::new(
         Uuid::now_v7(),
         cx.names.step_subject(step),
-        encode(&run)?,
-    )];
-    if let Some(deadline) = step.spec().deadline {
-        let due = Utc::now() + cx.timeouts.of(deadline);
-        let timeout = StepMessage {
-            due_at_ms: Some(due.timestamp_millis()),
-            ..run
-        };
-        messages.push(Message {
-            deferred: true,
-            ..Message::new(
-                timeout_id(order_id, step),
-                cx.names.timeout_subject(step),
-                encode(&timeout)?,
-            )
-        });
-    }
-    Ok(messages)
+        payload,
+    ))
 }
 
-/// The outbox id (and `Nats-Msg-Id`) of `step`'s durable timeout: derived from the order and
-/// the step, so the transition that finishes the step can delete it unpublished.
+/// The `Nats-Msg-Id` of `step`'s durable timeout: derived from the order and the step, so every
+/// replica that publishes it publishes the same message and JetStream keeps one.
 pub fn timeout_id(order_id: Uuid, step: Step) -> Uuid {
     Uuid::new_v5(&order_id, format!("timeout:{}", step.name()).as_bytes())
 }

@@ -208,13 +208,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             background.token(),
         ));
         background.spawn(executor::run_timeouts(worker, timeouts, background.token()));
-        background.spawn(saga::deadlines::run(
-            pool.clone(),
-            nats.jetstream.clone(),
-            saga.names.clone(),
-            saga.timeouts.clone(),
-            background.token(),
-        ));
         background.spawn(saga::census::run(
             pool.clone(),
             nats.jetstream.clone(),

@@ -68,7 +68,7 @@ pub async fn create(
         .as_ref()
         .map(|id| format!("create-order:{id}"));
     let hash = idempotency::request_hash(request);
-    let messages = vec![state::step_message(saga, order_id, FIRST)?];
+    let messages = state::step_messages(saga, order_id, FIRST)?;
     let outbox = Columns::of(&messages);
     let payload =
         serde_json::to_value(&event).map_err(|_| Status::internal("event is not serialisable"))?;

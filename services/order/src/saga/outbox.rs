@@ -2,11 +2,17 @@
 //! statement as the change itself, and after the commit hand the same messages to the relay
 //! in-process ([`Outbox::hand_over`]). The relay publishes them to JetStream (pipelined
 //! publishes, acks awaited together) with `Nats-Msg-Id` = the message id, and deletes the rows
-//! of everything it published in one statement every [`DELETE_EVERY`]. The table stays the
-//! source of truth: rows the relay never got (a crash, a full queue, a failed publish, another
-//! replica's crash) are found by a poll once they are older than [`STALE`] and published from
-//! there. Publishing one twice is harmless: JetStream drops the second copy as a duplicate. No
-//! dual writes anywhere. (Step deadlines need no outbox row: see [`super::deadlines`].)
+//! of everything it published in one statement every [`DELETE_EVERY`]. The table stays the source of truth: rows the relay never got (a crash, a
+//! full queue, a failed publish, another replica's crash) are found by a poll once they are
+//! older than [`STALE`] and published from there. Publishing one twice is harmless: JetStream
+//! drops the second copy as a duplicate. No dual writes anywhere.
+//!
+//! Durable timeouts are written like every message but **deferred**: not handed over, so they
+//! reach JetStream only through the poll, once their step has been running for [`STALE`]. The
+//! transition that finishes a step deletes its timeout row in the same statement, so the
+//! timeouts of the nearly all steps that finish quickly never cost a publish, a stored message,
+//! two deliveries and an ack; a step still running (or an instance that died) gets its timeout
+//! published as before, with its original deadline.
 //!
 //! Why the hand-over: reading back rows that the writer had in memory a moment before cost a
 //! `BEGIN` / `SELECT ... FOR UPDATE` / `DELETE` / `COMMIT` per batch, a third of the order
@@ -39,7 +45,7 @@ const DELETE_EVERY: Duration = Duration::from_millis(100);
 const DELETE_BATCH: usize = 4096;
 
 /// A row older than this is the poll's: the relay would have published a handed-over one by
-/// then. (Rows that older versions wrote as deferred timeouts are published this way too.)
+/// then, and a deferred timeout whose step has run this long is due to be published.
 const STALE: Duration = Duration::from_secs(2);
 
 /// One message bound for JetStream.
@@ -51,6 +57,8 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// Trace, request id, baggage and canary version of the change that wrote it.
     pub headers: BTreeMap<String, String>,
+    /// Left to the poll instead of handed over (a durable timeout; see the module comment).
+    pub deferred: bool,
 }
 
 impl Message {
@@ -61,6 +69,7 @@ impl Message {
             subject,
             payload,
             headers: ordermesh::context::message_headers(),
+            deferred: false,
         }
     }
 }
@@ -99,9 +108,11 @@ pub fn channel() -> (Outbox, Inbox) {
 }
 
 impl Outbox {
-    /// Call after the statement that wrote `messages` committed. Never blocks: with the queue
-    /// full (JetStream slow or down) the rows wait for the poll instead.
-    pub fn hand_over(&self, messages: Vec<Message>) {
+    /// Call after the statement that wrote `messages` committed; deferred ones stay for the
+    /// poll. Never blocks: with the queue full (JetStream slow or down) the rows wait for the
+    /// poll instead.
+    pub fn hand_over(&self, mut messages: Vec<Message>) {
+        messages.retain(|m| !m.deferred);
         if !messages.is_empty() && self.0.try_send(messages).is_err() {
             tracing::debug!("outbox relay queue full; the poll will publish these rows");
         }
@@ -249,6 +260,7 @@ async fn publish_stale(pool: &PgPool, js: &jetstream::Context) -> Result<(), Rel
                 subject: r.subject,
                 payload: r.payload,
                 headers: r.headers.0,
+                deferred: false,
             })
             .collect();
         // A failed publish drops the transaction: the rows are back for the next poll.

@@ -105,25 +105,43 @@ impl Outcome {
     }
 }
 
-/// The message that runs `step`. Written to the outbox by the statement that makes `step`
-/// current; its deadline, if it has one, is the saga row's business (see [`super::deadlines`]).
-pub fn step_message(cx: &SagaContext, order_id: Uuid, step: Step) -> Result<Message, Status> {
+/// The messages that run `step`: the step message and, if it has a deadline, its durable
+/// timeout (deferred: see [`outbox`]). Written to the outbox by the statement that makes
+/// `step` current.
+pub fn step_messages(cx: &SagaContext, order_id: Uuid, step: Step) -> Result<Vec<Message>, Status> {
+    let encode = |m: &StepMessage| {
+        serde_json::to_vec(m).map_err(|_| Status::internal("step message not serialisable"))
+    };
     let run = StepMessage {
         order_id,
         step,
         due_at_ms: None,
     };
-    let payload =
-        serde_json::to_vec(&run).map_err(|_| Status::internal("step message not serialisable"))?;
-    Ok(Message::new(
+    let mut messages = vec![Message::new(
         Uuid::now_v7(),
         cx.names.step_subject(step),
-        payload,
-    ))
+        encode(&run)?,
+    )];
+    if let Some(deadline) = step.spec().deadline {
+        let due = Utc::now() + cx.timeouts.of(deadline);
+        let timeout = StepMessage {
+            due_at_ms: Some(due.timestamp_millis()),
+            ..run
+        };
+        messages.push(Message {
+            deferred: true,
+            ..Message::new(
+                timeout_id(order_id, step),
+                cx.names.timeout_subject(step),
+                encode(&timeout)?,
+            )
+        });
+    }
+    Ok(messages)
 }
 
-/// The `Nats-Msg-Id` of `step`'s durable timeout: derived from the order and the step, so every
-/// replica that publishes it publishes the same message and JetStream keeps one.
+/// The outbox id (and `Nats-Msg-Id`) of `step`'s durable timeout: derived from the order and
+/// the step, so the transition that finishes the step can delete it unpublished.
 pub fn timeout_id(order_id: Uuid, step: Step) -> Uuid {
     Uuid::new_v5(&order_id, format!("timeout:{}", step.name()).as_bytes())
 }

@@ -187,8 +187,9 @@ pub async fn advance_from(
                 cx.outbox.hand_over(messages);
                 if let Some(row) = row {
                     let order = Order::from(*row);
-                    // Only terminal orders are cached: a copy can exist only if the order was
-                    // terminal before (a redriven saga) or, from a read racing this commit, is now.
+                    // Only terminal orders are cached, so only a transition out of a terminal
+                    // status (a redriven saga) can make a copy stale; the one into the final
+                    // status also drops a stale copy that a read racing the first put back.
                     let was_terminal = OrderStatus::from_str_name(&seen.order.status)
                         .is_some_and(OrderStatus::is_terminal);
                     if was_terminal || order.status().is_terminal() {
@@ -304,7 +305,7 @@ impl Plan {
             });
         }
         if let Some(next) = saga.current {
-            messages.push(state::step_message(cx, order_id, next)?);
+            messages.extend(state::step_messages(cx, order_id, next)?);
         }
         Ok(Plan {
             step,
@@ -374,6 +375,12 @@ impl Plan {
             .bind(&outbox.headers)
             .bind(i32::try_from(attempt.delivered).unwrap_or(i32::MAX))
             .bind(attempt.started)
+            .bind(
+                self.step
+                    .spec()
+                    .deadline
+                    .map(|_| state::timeout_id(before.order_id, self.step)),
+            )
             .fetch_one(pool)
             .await;
         let row = match result {
@@ -397,8 +404,9 @@ impl Plan {
 /// The transition statement. `$1` order; `$2..$6` the saga afterwards; `$7..$11` the saga as
 /// decided from (the compare-and-set: `$8` is the step); `$12, $13` the step's end; `$14..$17`
 /// the events (versions, ids, types, payloads); `$18..$22` the view afterwards; `$23, $24` the
-/// next step to queue; `$25..$28` the outbox rows; `$29, $30` the attempt. Every CTE reads `s`,
-/// so nothing happens when the compare-and-set misses.
+/// next step to queue; `$25..$28` the outbox rows; `$29, $30` the attempt; `$31` the finished
+/// step's durable timeout, deleted if it is still unpublished. Every CTE reads `s`, so nothing
+/// happens when the compare-and-set misses.
 static TRANSITION_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH s AS (
@@ -425,6 +433,8 @@ static TRANSITION_SQL: LazyLock<String> = LazyLock::new(|| {
              INSERT INTO saga_steps (order_id, step, compensation, status)
              SELECT s.order_id, $23, $24, 'pending' FROM s WHERE $23::text IS NOT NULL
              ON CONFLICT (order_id, step) DO UPDATE SET status = 'pending', queued_at = now()
+         ), moot AS (
+             DELETE FROM outbox WHERE msg_id = $31 AND EXISTS (SELECT 1 FROM s)
          ), outbox AS (
              INSERT INTO outbox (msg_id, subject, payload, headers)
              SELECT o.msg_id, o.subject, o.payload, o.headers

@@ -186,6 +186,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             order_events: events,
             timeouts: saga_settings.timeouts.clone(),
             cache: cache.clone(),
+            recent: saga::recent::Recent::default(),
         };
         let worker = Arc::new(Worker {
             pool: pool.clone(),

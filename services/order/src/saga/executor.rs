@@ -198,6 +198,7 @@ impl Worker {
                 let reason = format!("dead-lettered after {delivered} attempts: {reason}");
                 tracing::warn!(%reason, "step dead-lettered; saga parked until redriven");
                 self.dead_letter(&message, delivered, &reason).await;
+                self.saga.recent.forget(step_message.order_id);
                 match state::park(
                     &self.pool,
                     step_message.order_id,
@@ -217,10 +218,21 @@ impl Worker {
     }
 
     async fn execute(&self, m: &StepMessage, attempt: transition::Attempt) -> Result<(), Retry> {
-        let Some(seen) = transition::begin_attempt(&self.pool, m.order_id, m.step, attempt).await?
-        else {
-            tracing::warn!("step for an unknown saga; dropping");
-            return Ok(());
+        // A first delivery to the instance whose transition queued the step needs no read.
+        let left = (attempt.delivered <= 1)
+            .then(|| self.saga.recent.take(m.order_id, m.step))
+            .flatten();
+        let seen = match left {
+            Some(seen) => seen,
+            None => {
+                match transition::begin_attempt(&self.pool, m.order_id, m.step, attempt).await? {
+                    Some(seen) => seen,
+                    None => {
+                        tracing::warn!("step for an unknown saga; dropping");
+                        return Ok(());
+                    }
+                }
+            }
         };
         if seen.saga.current != Some(m.step) {
             self.finished.insert(m.order_id, m.step);

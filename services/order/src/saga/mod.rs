@@ -9,5 +9,6 @@ pub mod executor;
 pub mod finished;
 pub mod messages;
 pub mod outbox;
+pub mod recent;
 pub mod state;
 pub mod transition;

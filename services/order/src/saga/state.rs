@@ -34,6 +34,8 @@ pub struct SagaContext {
     pub timeouts: Timeouts,
     /// The read model's cache, which holds terminal orders only (see `read_model`).
     pub cache: ordermesh::cache::Cache,
+    /// What each transition wrote, for the first delivery of the step it queued.
+    pub recent: super::recent::Recent,
 }
 
 /// A saga as stored.

@@ -185,8 +185,10 @@ pub async fn advance_from(
                     ..
                 } = plan;
                 cx.outbox.hand_over(messages);
-                if let Some(row) = row {
-                    let order = Order::from(*row);
+                let created_at = seen.order.created_at;
+                let row = row.map(|r| *r);
+                if let Some(row) = &row {
+                    let order = Order::from(row.clone());
                     // Only terminal orders are cached, so only a transition out of a terminal
                     // status (a redriven saga) can make a copy stale; the one into the final
                     // status also drops a stale copy that a read racing the first put back.
@@ -199,11 +201,16 @@ pub async fn advance_from(
                     }
                     cx.changes.announce(&order).await;
                 }
+                if saga.phase == "forward" || saga.phase == "compensating" {
+                    cx.recent.put(Snapshot {
+                        saga: saga.clone(),
+                        order: row.unwrap_or(seen.order),
+                    });
+                }
                 // The step's own events, without the Confirmed event the transition added.
                 let own: Vec<OrderEvent> =
                     events.into_iter().take(decided).map(|e| e.event).collect();
                 let terminal = saga.phase == "done" || saga.phase == "parked" && !own.is_empty();
-                let created_at = seen.order.created_at;
                 state::record_metrics(step, timed_out, failure_kind, &own, terminal, created_at);
                 return Ok(true);
             }

@@ -15,7 +15,8 @@ use crate::model::{NewOrder, ORDER_COLUMNS, OrderEvent, OrderRow};
 use crate::saga::{
     definition::{DEFINITION_VERSION, FIRST},
     outbox::Columns,
-    state::{self, SagaContext},
+    state::{self, Saga, SagaContext},
+    transition::Snapshot,
 };
 
 /// Stores a new order — its Submitted event, its view row, its saga with the first step queued
@@ -147,6 +148,19 @@ pub async fn create(
             created: false,
         });
     }
+    // The first step's delivery here starts from what was just written (see saga::recent).
+    saga.recent.put(Snapshot {
+        saga: Saga {
+            order_id,
+            definition_version: DEFINITION_VERSION as i32,
+            phase: "forward".into(),
+            current: Some(FIRST),
+            pending: Vec::new(),
+            failure_reason: String::new(),
+            payment_token: Some(request.payment_token.clone()),
+        },
+        order: row,
+    });
     saga.outbox.hand_over(messages);
     if let Some(order) = &response.order {
         saga.changes.announce(order).await;

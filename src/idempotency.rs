@@ -30,17 +30,32 @@ pub async fn claim<R: Message + Default>(
     request: &impl Message,
 ) -> Result<Option<R>, Status> {
     let hash = request_hash(request);
-    let inserted = sqlx::query("INSERT INTO idempotency_keys (key, request_hash) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-        .bind(key)
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(crate::db::status)?
-        .rows_affected();
-    if inserted == 1 {
+    if insert(tx, key, &hash, None).await? {
         return Ok(None);
     }
     stored(tx, key, &hash).await.map(Some)
+}
+
+/// Inserts `key` (with `response`, if the call already has it) unless it exists: whether it
+/// did. The one place both [`claim`] and [`answer`] take a key.
+async fn insert(
+    conn: &mut PgConnection,
+    key: &str,
+    hash: &[u8],
+    response: Option<Vec<u8>>,
+) -> Result<bool, Status> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (key, request_hash, response) VALUES ($1, $2, $3)
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(hash)
+    .bind(response)
+    .execute(&mut *conn)
+    .await
+    .map_err(crate::db::status)?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 /// What identifies a request behind a key: the SHA-256 of its protobuf encoding.
@@ -99,18 +114,7 @@ pub async fn answer<R: Message + Default>(
     hash: &[u8],
     response: R,
 ) -> Result<R, Status> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (key, request_hash, response) VALUES ($1, $2, $3)
-         ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(key)
-    .bind(hash)
-    .bind(response.encode_to_vec())
-    .execute(&mut *conn)
-    .await
-    .map_err(crate::db::status)?
-    .rows_affected();
-    if inserted == 1 {
+    if insert(conn, key, hash, Some(response.encode_to_vec())).await? {
         return Ok(response);
     }
     stored(conn, key, hash).await

@@ -385,9 +385,9 @@ pub async fn reserve(
 /// [`reserve`]'s statement. `stock` locks the items in SKU order and reads what they hold now;
 /// `verdict` is whether every line is covered and the order has no reservation; only then does
 /// `claim` take the key (with the response), and only a claim moves the stock (the check that
-/// `available` stays non-negative guards it again) and writes the reservation and its lines. A concurrent
-/// reservation of the same order by another key fails on `reservations.order_id`'s uniqueness
-/// (ABORTED; the retry is refused as existing).
+/// `available` stays non-negative guards it again) and writes the reservation and its lines. A
+/// concurrent reservation of the same order by another key fails on `reservations.order_id`'s
+/// uniqueness (ABORTED; the retry is refused as existing).
 const RESERVE_SQL: &str = "WITH existing AS (
          SELECT status FROM reservations WHERE order_id = $4
      ), stock AS (

@@ -108,8 +108,13 @@ impl Changes {
                 else {
                     continue;
                 };
-                let watchers = watchers.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(watch) = watchers.get(&order_id) {
+                let watch = watchers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&order_id)
+                    .cloned();
+                // Decoded outside the lock, and only for a watched order.
+                if let Some(watch) = watch {
                     // Fails only when every watch just ended.
                     let _ = watch.send(carried(&signal));
                 }
@@ -132,8 +137,8 @@ impl Watch {
         match self.receiver.recv().await {
             Ok(signal) => signal,
             Err(broadcast::error::RecvError::Lagged(_)) => None,
-            // The sender lives in the map while this watch does; never reached, but waiting
-            // forever would be wrong if it were.
+            // The sender lives in the map while this watch does, so never reached; were it,
+            // the watch's re-read timer takes over (returning at once would spin).
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }

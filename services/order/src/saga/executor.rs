@@ -223,16 +223,12 @@ impl Worker {
             .then(|| self.saga.recent.take(m.order_id, m.step))
             .flatten();
         let seen = match left {
-            Some(seen) => seen,
-            None => {
-                match transition::begin_attempt(&self.pool, m.order_id, m.step, attempt).await? {
-                    Some(seen) => seen,
-                    None => {
-                        tracing::warn!("step for an unknown saga; dropping");
-                        return Ok(());
-                    }
-                }
-            }
+            Some(seen) => Some(seen),
+            None => transition::begin_attempt(&self.pool, m.order_id, m.step, attempt).await?,
+        };
+        let Some(seen) = seen else {
+            tracing::warn!("step for an unknown saga; dropping");
+            return Ok(());
         };
         if seen.saga.current != Some(m.step) {
             self.finished.insert(m.order_id, m.step);

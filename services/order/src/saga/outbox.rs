@@ -2,15 +2,16 @@
 //! statement as the change itself, and after the commit hand the same messages to the relay
 //! in-process ([`Outbox::hand_over`]). The relay publishes them to JetStream (pipelined
 //! publishes, acks awaited together) with `Nats-Msg-Id` = the message id, and deletes the rows
-//! of everything it published in one statement every [`DELETE_EVERY`]. The table stays the source of truth: rows the relay never got (a crash, a
-//! full queue, a failed publish, another replica's crash) are found by a poll once they are
-//! older than [`STALE`] and published from there. Publishing one twice is harmless: JetStream
-//! drops the second copy as a duplicate. No dual writes anywhere.
+//! of everything it published in one statement every [`DELETE_EVERY`]. The table stays the
+//! source of truth: rows the relay never got (a crash, a full queue, a failed publish, another
+//! replica's crash) are found by a poll once they are older than [`STALE`] and published from
+//! there. Publishing one twice is harmless: JetStream drops the second copy as a duplicate. No
+//! dual writes anywhere.
 //!
 //! Durable timeouts are written like every message but **deferred**: not handed over, so they
 //! reach JetStream only through the poll, once their step has been running for [`STALE`]. The
 //! transition that finishes a step deletes its timeout row in the same statement, so the
-//! timeouts of the nearly all steps that finish quickly never cost a publish, a stored message,
+//! timeouts of nearly all steps that finish quickly never cost a publish, a stored message,
 //! two deliveries and an ack; a step still running (or an instance that died) gets its timeout
 //! published as before, with its original deadline.
 //!

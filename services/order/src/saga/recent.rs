@@ -32,9 +32,11 @@ struct Entries {
 }
 
 impl Recent {
-    /// Keeps `snapshot` for its saga's current step (if it has one).
+    /// Keeps `snapshot` for its saga's current step, if the saga is running one (not done, not
+    /// parked).
     pub fn put(&self, snapshot: Snapshot) {
-        if snapshot.saga.current.is_none() {
+        let running = matches!(snapshot.saga.phase.as_str(), "forward" | "compensating");
+        if !running || snapshot.saga.current.is_none() {
             return;
         }
         let mut entries = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -153,10 +155,13 @@ mod tests {
         assert!(recent.take(id, Step::ReserveInventory).is_none());
         recent.forget(id);
         assert!(recent.take(id, Step::ReleaseInventory).is_none());
+        let mut parked = snapshot(id, Some(Step::ReleaseInventory));
+        parked.saga.phase = "parked".into();
+        recent.put(parked);
         recent.put(snapshot(id, None));
         assert!(
             recent.0.lock().expect("not poisoned").by_order.is_empty(),
-            "a finished saga leaves nothing"
+            "a parked or finished saga leaves nothing"
         );
     }
 

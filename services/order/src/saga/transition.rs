@@ -201,12 +201,10 @@ pub async fn advance_from(
                     }
                     cx.changes.announce(&order).await;
                 }
-                if saga.phase == "forward" || saga.phase == "compensating" {
-                    cx.recent.put(Snapshot {
-                        saga: saga.clone(),
-                        order: row.unwrap_or(seen.order),
-                    });
-                }
+                cx.recent.put(Snapshot {
+                    saga: saga.clone(),
+                    order: row.unwrap_or(seen.order),
+                });
                 // The step's own events, without the Confirmed event the transition added.
                 let own: Vec<OrderEvent> =
                     events.into_iter().take(decided).map(|e| e.event).collect();

@@ -88,20 +88,33 @@ async fn notifications(
 #[tokio::test]
 async fn a_laptop_and_two_mice_are_confirmed_with_stock_payment_label_and_one_notification() {
     let env = TestEnv::new();
-    let mesh = env.start_mesh().await;
+    let mut mesh = env.start_mesh().await;
     let mut inventory =
         InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
     stock(&mut inventory, "LAPTOP", 10).await;
     stock(&mut inventory, "MOUSE", 20).await;
     let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
 
+    // The watch must see the order from PENDING on, and it can only start once CreateOrder has
+    // answered, by which time a fast saga may be past its first step. With inventory down the
+    // saga cannot leave PENDING (Reserve fails and is retried), and the watch is opened before
+    // inventory is started again, which takes far longer than opening a watch.
+    let inventory_addr = mesh.get(ServiceName::Inventory).grpc_addr;
+    mesh.kill(ServiceName::Inventory);
     let created = place(
         &mut orders,
         &[("LAPTOP", 1, 129_900), ("MOUSE", 2, 2_500)],
         "tok_visa",
     )
     .await;
-    let (seen, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
+    let watch = tokio::spawn({
+        let mut orders = orders.clone();
+        let order_id = created.order_id.clone();
+        async move { watch_to_end(&mut orders, &order_id, WAIT).await }
+    });
+    mesh.restart(&env, ServiceName::Inventory, inventory_addr)
+        .await;
+    let (seen, done) = watch.await.expect("watch task");
     assert_eq!(
         done.status(),
         OrderStatus::Confirmed,

@@ -234,3 +234,59 @@ async fn release_and_commit_conserve_stock_and_a_late_reserve_after_release_is_r
     assert_eq!(late.code(), Code::FailedPrecondition);
     assert_eq!(item(&mut c, "MOUSE").await.available, 7);
 }
+
+#[tokio::test]
+async fn concurrent_commits_and_releases_sharing_skus_each_happen_once_and_conserve_stock() {
+    let env = TestEnv::new();
+    let inventory = env.start(ServiceName::Inventory).await;
+    let mut c = Client::new(inventory.channel().await);
+    set_stock(&mut c, "CABLE", 100).await;
+    set_stock(&mut c, "PLUG", 100).await;
+    let orders: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+    for order in &orders {
+        c.reserve(reserve(*order, &[("CABLE", 2), ("PLUG", 1)]))
+            .await
+            .expect("reserve");
+    }
+
+    // Every other order ships, the rest are released; each call is sent twice at once, as a
+    // retry racing the original would be. Both copies must get the same, single effect.
+    let calls = orders.iter().enumerate().flat_map(|(i, order)| {
+        let order = *order;
+        let c = c.clone();
+        (0..2).map(move |_| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    let request = CommitRequest {
+                        idempotency_key: format!("{order}:confirm-order"),
+                        order_id: order.to_string(),
+                    };
+                    c.commit(request).await.map(|r| r.into_inner().committed)
+                } else {
+                    let request = ReleaseRequest {
+                        idempotency_key: format!("{order}:release-inventory"),
+                        order_id: order.to_string(),
+                        reason: "payment declined".into(),
+                    };
+                    c.release(request).await.map(|r| r.into_inner().released)
+                }
+            })
+        })
+    });
+    let calls: Vec<_> = calls.collect();
+    for call in calls {
+        let done = call
+            .await
+            .expect("join")
+            .expect("commit or release answers");
+        assert!(done, "a repeat replays the first answer");
+    }
+
+    let (cable, plug) = (item(&mut c, "CABLE").await, item(&mut c, "PLUG").await);
+    assert_eq!(
+        (cable.available, cable.reserved, cable.committed),
+        (60, 0, 40)
+    );
+    assert_eq!((plug.available, plug.reserved, plug.committed), (80, 0, 20));
+}

@@ -129,152 +129,38 @@ fn status_of(text: &str) -> ReservationStatus {
     }
 }
 
-/// The order's reservation with its lines; `lock` takes the row lock for a state change.
-async fn load_reservation(
+pub async fn get_reservation(pool: &PgPool, order_id: Uuid) -> Result<Option<Reservation>, Status> {
+    let mut conn = pool.acquire().await.map_err(db::status)?;
+    reservation_of(&mut conn, order_id).await
+}
+
+/// The order's reservation with its lines (in SKU order), in one statement.
+async fn reservation_of(
     conn: &mut PgConnection,
     order_id: Uuid,
-    lock: bool,
 ) -> Result<Option<Reservation>, Status> {
-    let lock_clause = if lock { " FOR UPDATE" } else { "" };
-    let row: Option<ReservationRow> = sqlx::query_as(&format!(
-        "SELECT reservation_id, order_id, status, created_at, updated_at FROM reservations WHERE order_id = $1{lock_clause}"
-    ))
+    #[derive(sqlx::FromRow)]
+    struct Found {
+        #[sqlx(flatten)]
+        row: ReservationRow,
+        skus: Vec<String>,
+        quantities: Vec<i64>,
+    }
+    let found: Option<Found> = sqlx::query_as(
+        "SELECT r.reservation_id, r.order_id, r.status, r.created_at, r.updated_at,
+                coalesce(l.skus, '{}') AS skus, coalesce(l.quantities, '{}') AS quantities
+         FROM reservations r
+         LEFT JOIN LATERAL (
+             SELECT array_agg(sku ORDER BY sku) AS skus, array_agg(quantity ORDER BY sku) AS quantities
+             FROM reservation_lines WHERE reservation_id = r.reservation_id
+         ) l ON true
+         WHERE r.order_id = $1",
+    )
     .bind(order_id)
     .fetch_optional(&mut *conn)
     .await
     .map_err(db::status)?;
-    let Some(row) = row else { return Ok(None) };
-    let lines: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT sku, quantity FROM reservation_lines WHERE reservation_id = $1 ORDER BY sku",
-    )
-    .bind(row.reservation_id)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db::status)?;
-    Ok(Some(row.with_lines(lines)))
-}
-
-pub async fn get_reservation(pool: &PgPool, order_id: Uuid) -> Result<Option<Reservation>, Status> {
-    let mut conn = pool.acquire().await.map_err(db::status)?;
-    load_reservation(&mut conn, order_id, false).await
-}
-
-/// Locks the given SKUs' rows in SKU order and returns their available stock.
-async fn lock_items(
-    conn: &mut PgConnection,
-    skus: &[String],
-) -> Result<HashMap<String, i64>, Status> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT sku, available FROM items WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
-    )
-    .bind(skus)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db::status)?;
-    Ok(rows.into_iter().collect())
-}
-
-/// Applies per-SKU deltas to the three stock columns of already locked rows.
-async fn shift_stock(
-    conn: &mut PgConnection,
-    lines: &[ReservationLine],
-    (d_available, d_reserved, d_committed): (i64, i64, i64),
-) -> Result<(), Status> {
-    let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
-    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
-    sqlx::query(
-        "UPDATE items SET available = available + $3 * r.qty, reserved = reserved + $4 * r.qty,
-                committed = committed + $5 * r.qty, updated_at = now()
-         FROM unnest($1::text[], $2::bigint[]) AS r(sku, qty) WHERE items.sku = r.sku",
-    )
-    .bind(&skus)
-    .bind(&quantities)
-    .bind(d_available)
-    .bind(d_reserved)
-    .bind(d_committed)
-    .execute(&mut *conn)
-    .await
-    .map_err(db::status)?;
-    Ok(())
-}
-
-async fn set_status(
-    conn: &mut PgConnection,
-    reservation_id: &str,
-    status: &str,
-) -> Result<(), Status> {
-    let id = Uuid::parse_str(reservation_id)
-        .map_err(|_| Status::internal("stored reservation id is not a UUID"))?;
-    sqlx::query(
-        "UPDATE reservations SET status = $2, updated_at = now() WHERE reservation_id = $1",
-    )
-    .bind(id)
-    .bind(status)
-    .execute(&mut *conn)
-    .await
-    .map_err(db::status)?;
-    Ok(())
-}
-
-/// Claims `key` for this transaction and reads the order's reservation with its lines, in one
-/// statement: `(claimed, reservation)`. Not claimed means a repeat (see
-/// [`idempotency::stored`]). The reservation row is not locked: the writes that depend on its
-/// state re-check it (`WHERE status = 'reserved'`).
-async fn claim_and_load(
-    conn: &mut PgConnection,
-    key: &str,
-    hash: &[u8],
-    order_id: Uuid,
-) -> Result<(bool, Option<Reservation>), Status> {
-    #[derive(sqlx::FromRow)]
-    struct Found {
-        claimed: bool,
-        reservation_id: Option<Uuid>,
-        status: Option<String>,
-        created_at: Option<DateTime<Utc>>,
-        updated_at: Option<DateTime<Utc>>,
-        skus: Vec<String>,
-        quantities: Vec<i64>,
-    }
-    let found: Found = sqlx::query_as(
-        "WITH claim AS (
-             INSERT INTO idempotency_keys (key, request_hash) VALUES ($1, $2)
-             ON CONFLICT (key) DO NOTHING RETURNING key
-         )
-         SELECT EXISTS (SELECT 1 FROM claim) AS claimed, r.reservation_id, r.status, r.created_at,
-                r.updated_at, coalesce(l.skus, '{}') AS skus, coalesce(l.quantities, '{}') AS quantities
-         FROM (SELECT 1) AS one
-         LEFT JOIN reservations r ON r.order_id = $3
-         LEFT JOIN LATERAL (
-             SELECT array_agg(sku ORDER BY sku) AS skus, array_agg(quantity ORDER BY sku) AS quantities
-             FROM reservation_lines WHERE reservation_id = r.reservation_id
-         ) l ON true",
-    )
-    .bind(key)
-    .bind(hash)
-    .bind(order_id)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db::status)?;
-    let reservation = match (
-        found.reservation_id,
-        found.status,
-        found.created_at,
-        found.updated_at,
-    ) {
-        (Some(reservation_id), Some(status), Some(created_at), Some(updated_at)) => Some(
-            ReservationRow {
-                reservation_id,
-                order_id,
-                status,
-                created_at,
-                updated_at,
-            }
-            .with_lines(found.skus.into_iter().zip(found.quantities)),
-        ),
-        _ => None,
-    };
-    Ok((found.claimed, reservation))
+    Ok(found.map(|f| f.row.with_lines(f.skus.into_iter().zip(f.quantities))))
 }
 
 /// Reserves every line or none. `request` is the wire request, hashed for the idempotency check.
@@ -421,49 +307,87 @@ const RESERVE_SQL: &str = "WITH existing AS (
             coalesce((SELECT array_agg(available ORDER BY sku) FROM stock), '{}') AS available";
 
 /// Returns an order's reserved stock to available. With no reservation, records a released
-/// one without lines so that a late Reserve of the same order is refused.
+/// one without lines so that a late Reserve of the same order is refused. Like [`commit`]: a
+/// read, then one statement that claims the key with the response and makes the change.
 pub async fn release(
     pool: &PgPool,
     key: &str,
     request: &impl prost::Message,
     order_id: Uuid,
 ) -> Result<ReleaseResponse, Status> {
-    let mut tx = pool.begin().await.map_err(db::status)?;
-    if let Some(replay) = idempotency::claim(&mut tx, key, request).await? {
-        return Ok(replay);
-    }
-    let released = match load_reservation(&mut tx, order_id, true).await? {
-        None => {
-            sqlx::query("INSERT INTO reservations (reservation_id, order_id, status) VALUES ($1, $2, 'released')")
-                .bind(Uuid::now_v7())
-                .bind(order_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db::status)?;
-            false
-        }
+    let hash = idempotency::request_hash(request);
+    let mut conn = pool.acquire().await.map_err(db::status)?;
+    match reservation_of(&mut conn, order_id).await? {
+        None => release_unreserved(&mut conn, key, &hash, order_id).await,
         Some(r) if r.status == ReservationStatus::Reserved as i32 => {
-            let skus: Vec<String> = r.lines.iter().map(|l| l.sku.clone()).collect();
-            lock_items(&mut tx, &skus).await?;
-            shift_stock(&mut tx, &r.lines, (1, -1, 0)).await?;
-            set_status(&mut tx, &r.reservation_id, "released").await?;
-            true
+            let response = |settled| ReleaseResponse {
+                released: true,
+                reservation: Some(settled),
+            };
+            settle(&mut conn, r, Settlement::Release, key, &hash, response).await
         }
-        Some(_) => false,
-    };
-    let response = ReleaseResponse {
-        released,
-        reservation: load_reservation(&mut tx, order_id, false).await?,
-    };
-    idempotency::record(&mut tx, key, &response).await?;
-    tx.commit().await.map_err(db::status)?;
-    if released {
-        RESERVATIONS.with_label_values(&["released"]).inc();
+        // Released or committed already: by this key (the answer stored then is replayed) or
+        // by another one.
+        Some(r) => {
+            let response = ReleaseResponse {
+                released: false,
+                reservation: Some(r),
+            };
+            idempotency::answer(&mut conn, key, &hash, response).await
+        }
     }
-    Ok(response)
 }
 
-/// Moves an order's reserved stock to committed (it ships). Five round trips, as [`reserve`].
+/// [`release`] of an order with no reservation: claims the key and writes a released
+/// reservation in one statement. A Reserve that wrote the order's reservation since the read
+/// makes the insert fail (ABORTED, nothing written); the retry finds it and releases it.
+async fn release_unreserved(
+    conn: &mut PgConnection,
+    key: &str,
+    hash: &[u8],
+    order_id: Uuid,
+) -> Result<ReleaseResponse, Status> {
+    let now = Utc::now().trunc_subsecs(6);
+    let row = ReservationRow {
+        reservation_id: Uuid::now_v7(),
+        order_id,
+        status: "released".into(),
+        created_at: now,
+        updated_at: now,
+    };
+    let reservation_id = row.reservation_id;
+    let response = ReleaseResponse {
+        released: false,
+        reservation: Some(row.with_lines([])),
+    };
+    let claimed: bool = sqlx::query_scalar(
+        "WITH claim AS (
+             INSERT INTO idempotency_keys (key, request_hash, response)
+             VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING RETURNING key
+         ), reservation AS (
+             INSERT INTO reservations (reservation_id, order_id, status, created_at, updated_at)
+             SELECT $4, $5, 'released', $6, $6 FROM claim
+         )
+         SELECT EXISTS (SELECT 1 FROM claim)",
+    )
+    .bind(key)
+    .bind(hash)
+    .bind(response.encode_to_vec())
+    .bind(reservation_id)
+    .bind(order_id)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db::status)?;
+    if claimed {
+        return Ok(response);
+    }
+    idempotency::stored(conn, key, hash).await
+}
+
+/// Moves an order's reserved stock to committed (it ships). Two round trips and one commit:
+/// a read of the reservation, then (if it is reserved) [`settle`]'s statement. A repeat finds
+/// the reservation committed and replays the stored answer.
 pub async fn commit(
     pool: &PgPool,
     key: &str,
@@ -471,75 +395,136 @@ pub async fn commit(
     order_id: Uuid,
 ) -> Result<CommitResponse, Status> {
     let hash = idempotency::request_hash(request);
-    let mut tx = pool.begin().await.map_err(db::status)?;
-    let (claimed, found) = claim_and_load(&mut tx, key, &hash, order_id).await?;
-    if !claimed {
-        return idempotency::stored(&mut tx, key, &hash).await;
-    }
-    let response = match found {
-        None => {
-            return Err(Status::not_found(format!(
-                "order {order_id} has no reservation"
-            )));
-        }
+    let mut conn = pool.acquire().await.map_err(db::status)?;
+    match reservation_of(&mut conn, order_id).await? {
+        None => Err(Status::not_found(format!(
+            "order {order_id} has no reservation"
+        ))),
         Some(r) if r.status == ReservationStatus::Released as i32 => {
-            return Err(Status::failed_precondition(format!(
+            Err(Status::failed_precondition(format!(
                 "the reservation of order {order_id} was released and cannot be committed"
-            )));
+            )))
         }
-        Some(mut r) if r.status == ReservationStatus::Reserved as i32 => {
-            let skus: Vec<String> = r.lines.iter().map(|l| l.sku.clone()).collect();
-            let quantities: Vec<i64> = r.lines.iter().map(|l| l.quantity).collect();
-            lock_items(&mut tx, &skus).await?;
-            let now = Utc::now().trunc_subsecs(6);
-            let id = Uuid::parse_str(&r.reservation_id)
-                .map_err(|_| Status::internal("stored reservation id is not a UUID"))?;
-            r.status = ReservationStatus::Committed as i32;
-            r.updated_at = Some(to_proto(now));
-            let response = CommitResponse {
+        Some(r) if r.status == ReservationStatus::Reserved as i32 => {
+            let response = |settled| CommitResponse {
                 committed: true,
+                reservation: Some(settled),
+            };
+            settle(&mut conn, r, Settlement::Commit, key, &hash, response).await
+        }
+        // Committed already: by this key (the answer stored then is replayed) or another one.
+        Some(r) => {
+            let response = CommitResponse {
+                committed: false,
                 reservation: Some(r),
             };
-            let changed: i64 = sqlx::query_scalar(
-                "WITH reservation AS (
-                     UPDATE reservations SET status = 'committed', updated_at = $2
-                     WHERE reservation_id = $1 AND status = 'reserved' RETURNING reservation_id
-                 ), shift AS (
-                     UPDATE items SET reserved = reserved - r.qty, committed = committed + r.qty,
-                            updated_at = now()
-                     FROM unnest($3::text[], $4::bigint[]) AS r(sku, qty)
-                     WHERE items.sku = r.sku AND EXISTS (SELECT 1 FROM reservation)
-                 ), answer AS (
-                     UPDATE idempotency_keys SET response = $5
-                     WHERE key = $6 AND EXISTS (SELECT 1 FROM reservation)
-                 )
-                 SELECT count(*) FROM reservation",
-            )
-            .bind(id)
-            .bind(now)
-            .bind(&skus)
-            .bind(&quantities)
-            .bind(response.encode_to_vec())
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db::status)?;
-            if changed == 0 {
-                // Released or committed by a concurrent call since it was read: try again.
-                return Err(Status::aborted(
-                    "the reservation changed concurrently; retry",
-                ));
-            }
-            tx.commit().await.map_err(db::status)?;
-            RESERVATIONS.with_label_values(&["committed"]).inc();
-            return Ok(response);
+            idempotency::answer(&mut conn, key, &hash, response).await
         }
-        Some(r) => CommitResponse {
-            committed: false,
-            reservation: Some(r),
-        },
-    };
-    idempotency::record(&mut tx, key, &response).await?;
-    tx.commit().await.map_err(db::status)?;
-    Ok(response)
+    }
 }
+
+/// Where a reserved reservation goes.
+#[derive(Debug, Clone, Copy)]
+enum Settlement {
+    Commit,
+    Release,
+}
+
+impl Settlement {
+    fn status(self) -> ReservationStatus {
+        match self {
+            Settlement::Commit => ReservationStatus::Committed,
+            Settlement::Release => ReservationStatus::Released,
+        }
+    }
+
+    /// The reservation's `status` column afterwards (the metric's label too).
+    fn column(self) -> &'static str {
+        match self {
+            Settlement::Commit => "committed",
+            Settlement::Release => "released",
+        }
+    }
+
+    /// Change of `available`, `reserved` and `committed` per reserved unit.
+    fn deltas(self) -> (i64, i64, i64) {
+        match self {
+            Settlement::Commit => (0, -1, 1),
+            Settlement::Release => (1, -1, 0),
+        }
+    }
+}
+
+/// Commits or releases `reservation` (read as reserved) in one statement ([`SETTLE_SQL`]) and
+/// answers `response(the reservation afterwards)`, which the statement stores under `key`. If
+/// the key was taken meanwhile, replays that call's answer; if the reservation changed since
+/// it was read, nothing happened and the caller retries (ABORTED).
+async fn settle<R: prost::Message + Default>(
+    conn: &mut PgConnection,
+    mut reservation: Reservation,
+    to: Settlement,
+    key: &str,
+    hash: &[u8],
+    response: impl FnOnce(Reservation) -> R,
+) -> Result<R, Status> {
+    let id = Uuid::parse_str(&reservation.reservation_id)
+        .map_err(|_| Status::internal("stored reservation id is not a UUID"))?;
+    let skus: Vec<String> = reservation.lines.iter().map(|l| l.sku.clone()).collect();
+    let quantities: Vec<i64> = reservation.lines.iter().map(|l| l.quantity).collect();
+    let now = Utc::now().trunc_subsecs(6);
+    reservation.status = to.status() as i32;
+    reservation.updated_at = Some(to_proto(now));
+    let response = response(reservation);
+    let (d_available, d_reserved, d_committed) = to.deltas();
+    let settled: bool = sqlx::query_scalar(SETTLE_SQL)
+        .bind(id)
+        .bind(now)
+        .bind(&skus)
+        .bind(&quantities)
+        .bind(key)
+        .bind(hash)
+        .bind(response.encode_to_vec())
+        .bind(to.column())
+        .bind(d_available)
+        .bind(d_reserved)
+        .bind(d_committed)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db::status)?;
+    if settled {
+        RESERVATIONS.with_label_values(&[to.column()]).inc();
+        return Ok(response);
+    }
+    match idempotency::previous(conn, key, hash).await? {
+        Some(replay) => Ok(replay),
+        None => Err(Status::aborted(
+            "the reservation changed concurrently; retry",
+        )),
+    }
+}
+
+/// [`settle`]'s statement. `held` locks the reservation row if it is still reserved; only then
+/// does `claim` take the key (with the response), and only a claim locks the items in SKU
+/// order (`stock`, materialized so the locks are taken before `shift` joins it: concurrent
+/// settlements and reservations sharing SKUs cannot deadlock), sets the reservation's status
+/// and moves the stock by `$9..$11` per unit.
+const SETTLE_SQL: &str = "WITH held AS (
+         SELECT reservation_id FROM reservations
+         WHERE reservation_id = $1 AND status = 'reserved' FOR UPDATE
+     ), claim AS (
+         INSERT INTO idempotency_keys (key, request_hash, response)
+         SELECT $5, $6, $7 FROM held
+         ON CONFLICT (key) DO NOTHING RETURNING key
+     ), stock AS MATERIALIZED (
+         SELECT sku FROM items WHERE sku = ANY($3) AND EXISTS (SELECT 1 FROM claim)
+         ORDER BY sku FOR UPDATE
+     ), reservation AS (
+         UPDATE reservations SET status = $8, updated_at = $2
+         WHERE reservation_id = $1 AND EXISTS (SELECT 1 FROM claim)
+     ), shift AS (
+         UPDATE items SET available = available + $9 * r.qty, reserved = reserved + $10 * r.qty,
+                committed = committed + $11 * r.qty, updated_at = now()
+         FROM stock JOIN unnest($3::text[], $4::bigint[]) AS r(sku, qty) USING (sku)
+         WHERE items.sku = stock.sku
+     )
+     SELECT EXISTS (SELECT 1 FROM claim)";

@@ -8,7 +8,8 @@ then:
      fsync), so the result can be read as a ratio;
   2. searches for the highest offered rate at which `ordermesh load` (open loop) keeps p99
      end-to-end latency under --p99-ms and the success ratio at or above --success for
-     --step-seconds: it raises the rate by --growth until a step fails, then bisects;
+     --step-seconds: it raises the rate by --growth until a step fails (or, if the first step
+     fails, lowers it until one passes), then bisects;
   3. for every step, reads from /proc the CPU time of every process of the system (services,
      PostgreSQL, nats-server, Redis) and the peak RSS of each service.
 Writes bench/results/<date>.json and bench/results/<date>.png (latency percentiles against the
@@ -38,6 +39,8 @@ SERVICES = ["order", "inventory", "payment", "shipping", "notification"]
 # Ports well away from `make up` (50051...) so both can run at once.
 GRPC_BASE = 17100
 ADMIN_BASE = 17200
+# The lowest rate the search steps down to when even its start fails.
+MIN_RATE = 5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 INFRA = {"postgres": "postgresql", "nats-server": "nats-server", "redis-server": "redis"}
@@ -347,6 +350,14 @@ def search(args: argparse.Namespace, namespace: str, mesh_pid: int) -> list[dict
         else:
             bad = rate
             break
+    # A start above what the machine sustains still finds a rate: step down until one passes.
+    rate = round((bad or 0) / args.growth)
+    while good is None and bad is not None and rate >= MIN_RATE:
+        if step(rate):
+            good = rate
+        else:
+            bad = rate
+            rate = round(rate / args.growth)
     if good is None or bad is None:
         return steps
     for _ in range(args.bisect):

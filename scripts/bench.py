@@ -11,7 +11,8 @@ then:
      --step-seconds: it raises the rate by --growth until a step fails (or, if the first step
      fails, lowers it until one passes), then bisects;
   3. for every step, reads from /proc the CPU time of every process of the system (services,
-     PostgreSQL, nats-server, Redis) and the peak RSS of each service.
+     PostgreSQL, nats-server, Redis), the peak RSS of each service, and the machine's busy and
+     iowait shares and disk writes per order.
 Writes bench/results/<date>.json and bench/results/<date>.png (latency percentiles against the
 offered rate) and prints a table. Needs `make infra` and `cargo build --release` (the Makefile
 target does both).
@@ -118,6 +119,25 @@ def cpu_by_group(mesh_pid: int) -> dict[str, float]:
         if group:
             totals[group] = totals.get(group, 0.0) + ticks / CLK_TCK
     return totals
+
+
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, iowait, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    busy = user + nice + system + irq + softirq + steal
+    return busy, iowait, busy + idle + iowait
+
+
+def disk_sectors_written() -> int:
+    """512-byte sectors written so far to the machine's whole disks (not their partitions)."""
+    total = 0
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        f = line.split()
+        if len(f) > 9 and Path(f"/sys/block/{f[2]}/device").exists():
+            total += int(f[9])
+    return total
 
 
 def postgres_cpu_by_database(namespace: str) -> dict[str, float]:
@@ -303,6 +323,7 @@ def cpu_per_order(result: dict, warmup_seconds: int) -> float | None:
 def run_step(rate: float, args: argparse.Namespace, namespace: str, mesh_pid: int, seed: bool) -> dict:
     cpu_before = cpu_by_group(mesh_pid)
     db_before = postgres_cpu_by_database(namespace)
+    ticks_before, sectors_before = machine_ticks(), disk_sectors_written()
     load = [
         str(BIN / "ordermesh"), "load", "--json",
         "--rate", f"{rate:g}",
@@ -325,6 +346,14 @@ def run_step(rate: float, args: argparse.Namespace, namespace: str, mesh_pid: in
         d: round(db_after[d] - db_before.get(d, 0.0), 2) for d in sorted(db_after)
     }
     result["cpu_ms_per_order"] = cpu_per_order(result, args.warmup_seconds)
+    # The whole machine over the step: how full the cores were, and how long they sat waiting
+    # on the disk (fsync stalls are what break the tail first on a small VM).
+    busy, iowait, total = (a - b for a, b in zip(machine_ticks(), ticks_before))
+    result["machine_busy_pct"] = round(100 * busy / total, 1) if total else None
+    result["machine_iowait_pct"] = round(100 * iowait / total, 1) if total else None
+    orders = result["sent"] + result["offered_rate"] * args.warmup_seconds
+    written = (disk_sectors_written() - sectors_before) * 512 / 1024
+    result["disk_kib_written_per_order"] = round(written / orders, 1) if orders else None
     e2e = result["end_to_end_latency"]
     result["passed"] = e2e["p99_ms"] < args.p99_ms and result["success_ratio"] >= args.success and result["unfinished"] == 0
     return result
@@ -340,6 +369,7 @@ def search(args: argparse.Namespace, namespace: str, mesh_pid: int) -> list[dict
         e2e = r["end_to_end_latency"]
         log(f"  {'pass' if r['passed'] else 'FAIL'}: {r['throughput_per_s']:.1f}/s done, p99 {e2e['p99_ms']:.0f} ms, success {r['success_ratio']:.4f}, {r['cpu_ms_per_order']} ms CPU/order")
         log(f"  PostgreSQL CPU by database: {r['postgres_cpu_seconds_by_database']}")
+        log(f"  machine: {r['machine_busy_pct']} % busy, {r['machine_iowait_pct']} % iowait, {r['disk_kib_written_per_order']} KiB written to disk per order")
         return r["passed"]
 
     rate, good, bad = args.start_rate, None, None
@@ -410,13 +440,13 @@ def plot(report: dict, path: Path) -> bool:
 
 def table(report: dict) -> str:
     lines = [
-        "| offered /s | done /s | success | e2e p50 ms | e2e p99 ms | e2e p99.9 ms | create p99 ms | CPU ms/order | result |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| offered /s | done /s | success | e2e p50 ms | e2e p99 ms | e2e p99.9 ms | create p99 ms | CPU ms/order | busy % | iowait % | result |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in sorted(report["steps"], key=lambda s: s["offered_rate"]):
         e, c = s["end_to_end_latency"], s["create_latency"]
         lines.append(
-            f"| {s['offered_rate']:g} | {s['throughput_per_s']:.1f} | {s['success_ratio']:.4f} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['p999_ms']:.0f} | {c['p99_ms']:.0f} | {s['cpu_ms_per_order']} | {'pass' if s['passed'] else 'fail'} |"
+            f"| {s['offered_rate']:g} | {s['throughput_per_s']:.1f} | {s['success_ratio']:.4f} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['p999_ms']:.0f} | {c['p99_ms']:.0f} | {s['cpu_ms_per_order']} | {s.get('machine_busy_pct')} | {s.get('machine_iowait_pct')} | {'pass' if s['passed'] else 'fail'} |"
         )
     return "\n".join(lines)
 

@@ -312,12 +312,18 @@ def commits_per_order(namespace: str) -> float | None:
 # --- the search --------------------------------------------------------------------------------
 
 
-def cpu_per_order(result: dict, warmup_seconds: int) -> float | None:
-    """CPU ms per order: the CPU was read around the whole run, warm-up included, so the orders
-    of the warm-up (sent at the same rate, left out of the latency figures) count too."""
+def step_orders(result: dict, warmup_seconds: int) -> float | None:
+    """Completed orders a step's /proc readings cover: they were taken around the whole run,
+    warm-up included, so the orders of the warm-up (sent at the same rate, left out of the
+    latency figures) count too. None when nothing completed."""
     finished = result["confirmed"] + result["cancelled"] + result["failed"]
-    orders = finished + result["offered_rate"] * warmup_seconds
-    return round(1000 * sum(result["cpu_seconds"].values()) / orders, 2) if finished else None
+    return finished + result["offered_rate"] * warmup_seconds if finished else None
+
+
+def cpu_per_order(result: dict, warmup_seconds: int) -> float | None:
+    """CPU ms per completed order, all processes of the system."""
+    orders = step_orders(result, warmup_seconds)
+    return round(1000 * sum(result["cpu_seconds"].values()) / orders, 2) if orders else None
 
 
 def run_step(rate: float, args: argparse.Namespace, namespace: str, mesh_pid: int, seed: bool) -> dict:
@@ -351,7 +357,7 @@ def run_step(rate: float, args: argparse.Namespace, namespace: str, mesh_pid: in
     busy, iowait, total = (a - b for a, b in zip(machine_ticks(), ticks_before))
     result["machine_busy_pct"] = round(100 * busy / total, 1) if total else None
     result["machine_iowait_pct"] = round(100 * iowait / total, 1) if total else None
-    orders = result["sent"] + result["offered_rate"] * args.warmup_seconds
+    orders = step_orders(result, args.warmup_seconds)
     written = (disk_sectors_written() - sectors_before) * 512 / 1024
     result["disk_kib_written_per_order"] = round(written / orders, 1) if orders else None
     e2e = result["end_to_end_latency"]
@@ -372,22 +378,24 @@ def search(args: argparse.Namespace, namespace: str, mesh_pid: int) -> list[dict
         log(f"  machine: {r['machine_busy_pct']} % busy, {r['machine_iowait_pct']} % iowait, {r['disk_kib_written_per_order']} KiB written to disk per order")
         return r["passed"]
 
+    # Rates are whole numbers and always move by at least 1, so a --growth close to 1 cannot
+    # offer the same rate forever.
     rate, good, bad = args.start_rate, None, None
     while rate <= args.max_rate:
         if step(rate):
             good = rate
-            rate = round(rate * args.growth)
+            rate = max(round(rate * args.growth), rate + 1)
         else:
             bad = rate
             break
-    # A start above what the machine sustains still finds a rate: step down until one passes.
-    rate = round((bad or 0) / args.growth)
-    while good is None and bad is not None and rate >= MIN_RATE:
-        if step(rate):
-            good = rate
-        else:
-            bad = rate
-            rate = round(rate / args.growth)
+    if good is None and bad is not None:
+        # A start above what the machine sustains still finds a rate: step down until one passes.
+        rate = min(round(bad / args.growth), bad - 1)
+        while rate >= MIN_RATE:
+            if step(rate):
+                good = rate
+                break
+            bad, rate = rate, min(round(rate / args.growth), rate - 1)
     if good is None or bad is None:
         return steps
     for _ in range(args.bisect):
@@ -446,7 +454,7 @@ def table(report: dict) -> str:
     for s in sorted(report["steps"], key=lambda s: s["offered_rate"]):
         e, c = s["end_to_end_latency"], s["create_latency"]
         lines.append(
-            f"| {s['offered_rate']:g} | {s['throughput_per_s']:.1f} | {s['success_ratio']:.4f} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['p999_ms']:.0f} | {c['p99_ms']:.0f} | {s['cpu_ms_per_order']} | {s.get('machine_busy_pct')} | {s.get('machine_iowait_pct')} | {'pass' if s['passed'] else 'fail'} |"
+            f"| {s['offered_rate']:g} | {s['throughput_per_s']:.1f} | {s['success_ratio']:.4f} | {e['p50_ms']:.0f} | {e['p99_ms']:.0f} | {e['p999_ms']:.0f} | {c['p99_ms']:.0f} | {s['cpu_ms_per_order']} | {s['machine_busy_pct']} | {s['machine_iowait_pct']} | {'pass' if s['passed'] else 'fail'} |"
         )
     return "\n".join(lines)
 

@@ -14,12 +14,11 @@ use std::{convert::Infallible, future::Future, net::SocketAddr};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{
     server::NamedService,
     service::{Routes, RoutesBuilder},
-    transport::Server,
+    transport::{Server, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::ServiceBuilder;
@@ -275,7 +274,6 @@ impl Host {
                 // Clients may ask for any deadline; no call runs longer than this.
                 .timeout(settings.server.max_request_duration)
                 .max_concurrent_streams(settings.server.max_concurrent_streams)
-                .tcp_nodelay(true)
                 .accept_http1(true)
                 .layer(
                     ServiceBuilder::new()
@@ -291,7 +289,10 @@ impl Host {
                         .layer(ContextLayer),
                 );
             let mut server = server;
-            let incoming = TcpListenerStream::new(grpc_listener);
+            // Server::tcp_nodelay is ignored for an incoming stream of our own: without
+            // TCP_NODELAY on every accepted socket, Nagle holds a streamed message (WatchOrder)
+            // back until the peer's delayed ACK, up to 40 ms.
+            let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             let router = server.add_routes(routes);
             tokio::spawn(async move {
                 router

@@ -3,12 +3,23 @@
 
 mod common;
 
-use common::{TestEnv, binary};
+use common::{TestEnv, binary, nats_url};
 use ordermesh::config::ServiceName;
 use serde_json::Value;
 
 #[tokio::test]
 async fn a_short_load_run_reports_exactly_what_it_stored() {
+    runs_and_matches_the_store("watch").await;
+}
+
+#[tokio::test]
+async fn following_outcome_events_reports_exactly_what_it_stored() {
+    runs_and_matches_the_store("events").await;
+}
+
+/// 60 orders (20/s for 3 s), followed by `follow`: every count in the report must match the
+/// orders the order service stored.
+async fn runs_and_matches_the_store(follow: &str) {
     let env = TestEnv::new();
     let mesh = env.start_mesh().await;
     let output = std::process::Command::new(binary("ordermesh"))
@@ -24,6 +35,8 @@ async fn a_short_load_run_reports_exactly_what_it_stored() {
             "5",
             "--json",
         ])
+        .args(["--follow", follow, "--nats-url", &nats_url()])
+        .args(["--namespace", &env.namespace])
         .args(["--order-endpoint", &mesh.get(ServiceName::Order).url()])
         .args([
             "--inventory-endpoint",
@@ -58,6 +71,7 @@ async fn a_short_load_run_reports_exactly_what_it_stored() {
         "normal orders confirm, scarce and declined ones cancel"
     );
     assert_eq!(report["end_to_end_latency"]["count"].as_u64(), Some(60));
+    assert_eq!(report["follow"], follow);
 
     let db = env.db(ServiceName::Order).await;
     let stored: Vec<(String, i64)> =

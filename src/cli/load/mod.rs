@@ -2,7 +2,10 @@
 //! (`--rate`), whatever the responses do, and every latency is measured from the moment the order
 //! was *scheduled*, so a slow system cannot hide its latency by slowing the sender (no
 //! coordinated omission). For each order it records the CreateOrder latency and the end-to-end
-//! time to a terminal status, followed through WatchOrder (no polling), in HDR histograms.
+//! time to a terminal status, followed through WatchOrder or the order's outcome event on NATS
+//! (`--follow`; never polling), in HDR histograms.
+
+mod outcomes;
 
 use std::{
     collections::BTreeMap,
@@ -17,11 +20,16 @@ use tonic::{Code, metadata::MetadataValue};
 
 use super::Endpoints;
 use crate::{
+    config::DEFAULT_NATS_URL,
+    events::OutcomeKind,
     limits::MAX_STOCK,
     proto::{
         common::{Address, Money},
         inventory::UpsertItemRequest,
-        order::{CreateOrderRequest, OrderLine, OrderStatus, WatchOrderRequest},
+        order::{
+            CreateOrderRequest, OrderLine, OrderStatus, WatchOrderRequest,
+            order_service_client::OrderServiceClient,
+        },
     },
 };
 
@@ -64,8 +72,27 @@ pub struct LoadArgs {
     /// Do not set the SKUs' stock before the run.
     #[arg(long)]
     no_seed: bool,
+    /// How to learn that an order finished: `watch` (a WatchOrder stream per order, the way a
+    /// client would follow it) or `events` (its OrderConfirmed / OrderCancelled event on NATS,
+    /// which costs the mesh nothing per order beyond the saga; a FAILED order counts as
+    /// cancelled, as its event says).
+    #[arg(long, value_enum, default_value_t = Follow::Watch)]
+    follow: Follow,
+    /// NATS server of the mesh, for `--follow events`.
+    #[arg(long, env = "ORDERMESH_NATS__URL", default_value = DEFAULT_NATS_URL)]
+    nats_url: String,
+    /// The mesh's namespace (prefix of its subjects), for `--follow events`.
+    #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = "ordermesh")]
+    namespace: String,
     #[command(flatten)]
     endpoints: Endpoints,
+}
+
+/// How the generator learns that an order reached a terminal status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Follow {
+    Watch,
+    Events,
 }
 
 /// Relative shares of the three kinds of order.
@@ -203,6 +230,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                 super::output::call_error("inventory", &args.endpoints.inventory_endpoint, s)
             })?;
     }
+    let outcomes = match args.follow {
+        Follow::Events => Some(Arc::new(
+            outcomes::Outcomes::subscribe(&args.nats_url, &args.namespace).await?,
+        )),
+        Follow::Watch => None,
+    };
     // A few HTTP/2 connections, so one connection's stream limit is not the bottleneck.
     let clients: Vec<_> = (0..4)
         .map(|_| args.endpoints.order())
@@ -266,6 +299,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         let v2 = (i as f64 * 0.618_033_988_7).fract() < args.v2_share;
         let mut client = clients[(i % clients.len() as u64) as usize].clone();
         let stats = stats.clone();
+        let outcomes = outcomes.clone();
         tasks.spawn(async move {
             let mut request = tonic::Request::new(request);
             if v2 {
@@ -285,30 +319,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                     s.created += 1;
                     let _ = s.create.record(micros(create_latency));
                 }
-                // A watch ends at the server's maximum request duration with DEADLINE_EXCEEDED
-                // when the order is not final yet: watch again (bounded by --drain).
-                let mut last = OrderStatus::try_from(created.status).unwrap_or_default();
-                while !last.is_terminal() {
-                    let mut watch = client
-                        .watch_order(WatchOrderRequest {
-                            order_id: created.order_id.clone(),
-                        })
-                        .await?
-                        .into_inner();
-                    loop {
-                        match watch.message().await {
-                            Ok(Some(update)) => {
-                                if let Some(o) = update.order {
-                                    last = o.status();
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(status) if status.code() == Code::DeadlineExceeded => break,
-                            Err(status) => return Err(status),
-                        }
-                    }
+                let last = OrderStatus::try_from(created.status).unwrap_or_default();
+                match &outcomes {
+                    _ if last.is_terminal() => Ok(last),
+                    Some(outcomes) => outcome_of(outcomes, &created.order_id).await,
+                    None => watch_until_terminal(&mut client, created.order_id, last).await,
                 }
-                Ok::<_, tonic::Status>(last)
             }
             .await;
             let Ok(mut s) = stats.lock() else { return };
@@ -354,6 +370,56 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("stats lock poisoned"))?;
     report(&args, &s, sending_took);
     Ok(())
+}
+
+/// Follows the order through WatchOrder until it is terminal. A watch ends at the server's
+/// maximum request duration with DEADLINE_EXCEEDED when the order is not final yet: watch again
+/// (bounded by --drain).
+async fn watch_until_terminal(
+    client: &mut OrderServiceClient<super::Traced>,
+    order_id: String,
+    mut last: OrderStatus,
+) -> Result<OrderStatus, tonic::Status> {
+    while !last.is_terminal() {
+        let mut watch = client
+            .watch_order(WatchOrderRequest {
+                order_id: order_id.clone(),
+            })
+            .await?
+            .into_inner();
+        loop {
+            match watch.message().await {
+                Ok(Some(update)) => {
+                    if let Some(o) = update.order {
+                        last = o.status();
+                    }
+                }
+                Ok(None) => break,
+                Err(status) if status.code() == Code::DeadlineExceeded => break,
+                Err(status) => return Err(status),
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// Waits for the order's outcome event.
+async fn outcome_of(
+    outcomes: &outcomes::Outcomes,
+    order_id: &str,
+) -> Result<OrderStatus, tonic::Status> {
+    let id = uuid::Uuid::parse_str(order_id).map_err(|_| {
+        tonic::Status::internal(format!(
+            "CreateOrder answered an order id {order_id:?} that is not a UUID"
+        ))
+    })?;
+    match outcomes.wait(id).await {
+        Some(OutcomeKind::Confirmed) => Ok(OrderStatus::Confirmed),
+        Some(OutcomeKind::Cancelled) => Ok(OrderStatus::Cancelled),
+        None => Err(tonic::Status::unavailable(
+            "the subscription to the outcome events ended",
+        )),
+    }
 }
 
 fn code_name(code: Code) -> String {
@@ -422,6 +488,7 @@ fn report(args: &LoadArgs, s: &Stats, sending_took: Duration) {
     };
     let result = json!({
         "offered_rate": args.rate,
+        "follow": format!("{:?}", args.follow).to_lowercase(),
         "duration_s": seconds,
         "sent": s.sent,
         "created": s.created,

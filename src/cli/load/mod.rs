@@ -488,7 +488,7 @@ fn report(args: &LoadArgs, s: &Stats, sending_took: Duration) {
     };
     let result = json!({
         "offered_rate": args.rate,
-        "follow": format!("{:?}", args.follow).to_lowercase(),
+        "follow": clap::ValueEnum::to_possible_value(&args.follow).map(|v| v.get_name().to_string()),
         "duration_s": seconds,
         "sent": s.sent,
         "created": s.created,

@@ -15,7 +15,10 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::events::{OrderOutcome, OutcomeKind};
+use crate::{
+    events::{OrderOutcome, OutcomeKind},
+    nats::Names,
+};
 
 /// Early events kept before the old ones are pruned, and how old "old" is. Events of orders
 /// this run did not place (another generator on the namespace) end up here and are pruned too.
@@ -59,7 +62,7 @@ impl Outcomes {
             format!("cannot reach NATS at {nats_url} for --follow events (--nats-url / ORDERMESH_NATS__URL)")
         })?;
         let mut events = client
-            .subscribe(format!("{namespace}.order.events.*"))
+            .subscribe(Names::new(namespace).order_event_subject("*"))
             .await
             .context("subscribing to the order outcome events")?;
         client

@@ -8,34 +8,22 @@ use anyhow::Context;
 use async_nats::jetstream::{self, message::StreamMessage};
 use clap::Subcommand;
 
-use crate::{
-    config::DEFAULT_NATS_URL,
-    events::dead_letter::{DELIVERY_COUNT, LAST_ERROR, ORIGINAL_SUBJECT},
-};
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct Target {
-    /// NATS server with the mesh's streams.
-    #[arg(long, env = "ORDERMESH_NATS__URL", default_value = DEFAULT_NATS_URL)]
-    nats_url: String,
-    /// The mesh's namespace (prefix of its streams).
-    #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = "ordermesh")]
-    namespace: String,
-}
+use super::NatsTarget;
+use crate::events::dead_letter::{DELIVERY_COUNT, LAST_ERROR, ORIGINAL_SUBJECT};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// One line per dead letter: sequence, time, order, deliveries, error.
     List {
         #[command(flatten)]
-        target: Target,
+        target: NatsTarget,
     },
     /// Everything about one dead letter, payload included.
     Show {
         /// Sequence number from `dlq list`.
         sequence: u64,
         #[command(flatten)]
-        target: Target,
+        target: NatsTarget,
     },
     /// Send dead letters back to their original subject (after fixing the cause).
     Redrive {
@@ -45,7 +33,7 @@ pub enum DlqCommand {
         #[arg(long, conflicts_with = "sequences")]
         all: bool,
         #[command(flatten)]
-        target: Target,
+        target: NatsTarget,
     },
 }
 
@@ -147,11 +135,13 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stream_name(target: &Target) -> String {
+fn stream_name(target: &NatsTarget) -> String {
     format!("{}_DEAD_LETTERS", target.namespace.to_uppercase())
 }
 
-async fn open(target: &Target) -> anyhow::Result<(jetstream::Context, jetstream::stream::Stream)> {
+async fn open(
+    target: &NatsTarget,
+) -> anyhow::Result<(jetstream::Context, jetstream::stream::Stream)> {
     let client = async_nats::connect(target.nats_url.as_str())
         .await
         .with_context(|| {

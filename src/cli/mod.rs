@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     client,
-    config::{DEFAULT_GRPC_BASE_PORT, ServiceName, Settings},
+    config::{DEFAULT_GRPC_BASE_PORT, DEFAULT_NATS_URL, ServiceName, Settings},
     proto::{
         inventory::inventory_service_client::InventoryServiceClient,
         order::order_service_client::OrderServiceClient,
@@ -75,6 +75,17 @@ pub struct Endpoints {
     /// Inventory service gRPC endpoint.
     #[arg(long, env = "ORDERMESH_ENDPOINTS__INVENTORY", default_value_t = local(ServiceName::Inventory))]
     inventory_endpoint: String,
+}
+
+/// The mesh's NATS, for commands that read its streams or subjects. Defaults match `ordermesh up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsTarget {
+    /// NATS server with the mesh's streams.
+    #[arg(long, env = "ORDERMESH_NATS__URL", default_value = DEFAULT_NATS_URL)]
+    nats_url: String,
+    /// The mesh's namespace (prefix of its streams and subjects).
+    #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = "ordermesh")]
+    namespace: String,
 }
 
 type Traced =

@@ -18,9 +18,8 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tonic::{Code, metadata::MetadataValue};
 
-use super::Endpoints;
+use super::{Endpoints, NatsTarget};
 use crate::{
-    config::DEFAULT_NATS_URL,
     events::OutcomeKind,
     limits::MAX_STOCK,
     proto::{
@@ -78,12 +77,9 @@ pub struct LoadArgs {
     /// cancelled, as its event says).
     #[arg(long, value_enum, default_value_t = Follow::Watch)]
     follow: Follow,
-    /// NATS server of the mesh, for `--follow events`.
-    #[arg(long, env = "ORDERMESH_NATS__URL", default_value = DEFAULT_NATS_URL)]
-    nats_url: String,
-    /// The mesh's namespace (prefix of its subjects), for `--follow events`.
-    #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = "ordermesh")]
-    namespace: String,
+    /// The mesh's NATS, for `--follow events`.
+    #[command(flatten)]
+    nats: NatsTarget,
     #[command(flatten)]
     endpoints: Endpoints,
 }
@@ -232,7 +228,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     }
     let outcomes = match args.follow {
         Follow::Events => Some(Arc::new(
-            outcomes::Outcomes::subscribe(&args.nats_url, &args.namespace).await?,
+            outcomes::Outcomes::subscribe(&args.nats.nats_url, &args.nats.namespace).await?,
         )),
         Follow::Watch => None,
     };

@@ -15,7 +15,7 @@ use ordermesh::{
             order_service_client::OrderServiceClient,
         },
         payment::{
-            ChargeRequest, PaymentStatus, RefundRequest,
+            ChargeRequest, GetPaymentRequest, PaymentStatus, RefundRequest,
             payment_service_client::PaymentServiceClient,
         },
         shipping::{
@@ -347,6 +347,101 @@ async fn payments_charge_once_decline_the_test_token_and_never_refund_more_than_
             .await
             .expect("sum");
     assert_eq!(refunded, 10_000, "refunds add up to exactly the charge");
+}
+
+/// Makes `call` until its answer is not "retry": what the saga itself does on
+/// ABORTED (a conflict with a concurrent call).
+async fn until_settled<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    for _ in 0..20 {
+        match call().await {
+            Err(status) if status.code() == Code::Aborted => continue,
+            other => return other.map(tonic::Response::into_inner),
+        }
+    }
+    Err(tonic::Status::aborted(
+        "still conflicting after 20 attempts",
+    ))
+}
+
+#[tokio::test]
+async fn a_refund_racing_a_charge_never_leaves_money_taken() {
+    let env = TestEnv::new();
+    let payment = env.start(ServiceName::Payment).await;
+    let mut c = PaymentServiceClient::new(payment.channel().await);
+
+    // Every order gets its Charge and its compensating Refund at the same moment; whichever
+    // the database sees first, the order must end with nothing charged and unrefunded.
+    let orders: Vec<Uuid> = (0..60).map(|_| Uuid::now_v7()).collect();
+    let races = orders.iter().map(|&order| {
+        let c = c.clone();
+        async move {
+            let charged = until_settled(|| {
+                let mut c = c.clone();
+                async move { c.charge(charge(order, 2_500, "tok_visa")).await }
+            });
+            let refunded = until_settled(|| {
+                let mut c = c.clone();
+                async move { c.refund(refund(order, "refund-payment", None)).await }
+            });
+            let (charged, refunded) = tokio::join!(charged, refunded);
+            (order, charged, refunded.expect("a refund always settles"))
+        }
+    });
+    let mut refused = 0;
+    for (order, charged, refunded) in futures::future::join_all(races).await {
+        let stored = c
+            .get_payment(GetPaymentRequest {
+                order_id: order.to_string(),
+            })
+            .await;
+        match charged {
+            Ok(_) => {
+                assert_eq!(
+                    refunded.refunded_now,
+                    usd(2_500),
+                    "order {order}: the charge won, so the refund returned all of it"
+                );
+                let stored = stored.expect("the payment").into_inner().payment;
+                assert_eq!(stored.map(|p| p.status()), Some(PaymentStatus::Refunded));
+            }
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    Code::FailedPrecondition,
+                    "order {order}: {status:?}"
+                );
+                assert!(
+                    refunded.payment.is_none(),
+                    "order {order}: nothing to refund"
+                );
+                let missing = stored.expect_err("a blocked order has no payment");
+                assert_eq!(missing.code(), Code::NotFound);
+                refused += 1;
+            }
+        }
+    }
+
+    let db = env.db(ServiceName::Payment).await;
+    let left_charged: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(amount_minor - refunded_minor), 0)::bigint FROM payments
+         WHERE status <> 'PAYMENT_STATUS_DECLINED'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("sum");
+    assert_eq!(left_charged, 0, "no order keeps money nobody will refund");
+    let settled: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM payments) + (SELECT count(*) FROM payment_blocks)",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert_eq!(settled, 60, "every order has its payment or its block");
+    eprintln!("{refused} of 60 charges lost the race to their refund");
 }
 
 #[tokio::test]

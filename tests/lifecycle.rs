@@ -1,6 +1,7 @@
 //! Process lifecycle as Kubernetes drives it: a service started before its dependencies waits
 //! NOT_SERVING instead of crash-looping, and SIGTERM reports NOT_SERVING first, lets in-flight
-//! calls finish, then exits 0.
+//! calls finish, then exits 0; a release rolled back after a migration starts against the newer
+//! schema.
 
 mod common;
 
@@ -172,4 +173,33 @@ async fn a_service_started_before_postgres_and_nats_waits_not_serving_then_serve
         tonic::Code::NotFound,
         "handlers work once ready"
     );
+}
+
+#[tokio::test]
+async fn a_rolled_back_release_starts_against_the_schema_a_newer_one_migrated() {
+    let env = TestEnv::new();
+    let first = env.start(ServiceName::Inventory).await;
+    drop(first);
+    // What a newer release leaves behind: a migration this binary has never heard of.
+    let db = env.db(ServiceName::Inventory).await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99990001, 'from a newer release', true, '\\x00', 1)",
+    )
+    .execute(&db)
+    .await
+    .expect("record a newer migration");
+
+    let rolled_back = env.start(ServiceName::Inventory).await;
+    let mut client = InventoryServiceClient::new(rolled_back.channel().await);
+    let item = client
+        .upsert_item(UpsertItemRequest {
+            sku: "ROLLBACK-1".into(),
+            name: "Rolled back".into(),
+            available: 3,
+        })
+        .await
+        .expect("the older binary serves")
+        .into_inner();
+    assert_eq!(item.item.map(|i| i.available), Some(3));
 }

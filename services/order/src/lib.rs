@@ -41,7 +41,8 @@ use saga::{
     state::SagaContext,
 };
 
-pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| ordermesh::db::rollback_safe(sqlx::migrate!("./migrations")));
 
 /// What handlers need once start-up has connected everything.
 pub(crate) struct Deps {

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use processor::Version;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
+    std::sync::LazyLock::new(|| ordermesh::db::rollback_safe(sqlx::migrate!("./migrations")));
 
 /// `ORDERMESH_PAYMENT__*` settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]

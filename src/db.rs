@@ -97,11 +97,12 @@ impl prometheus::core::Collector for PoolCollector {
 }
 
 /// A service's migrations, as [`connect`] runs them: a database that a newer release already
-/// migrated further is accepted, not refused. Migrations only ever add (expand first, remove
+/// migrated further is accepted, not refused. New migrations only add (expand first, remove
 /// in a later release once nothing reads it), so the older binary still works against the
 /// newer schema, and `kubectl rollout undo` after a release with a migration brings the old
 /// pods up instead of crash-looping them on "migration N was previously applied but is
-/// missing".
+/// missing". (The order service's 0004 predates the rule: it dropped `outbox.id` together with
+/// the code that read it, so a rollback across it is not supported.)
 pub fn rollback_safe(mut migrator: Migrator) -> Migrator {
     migrator.set_ignore_missing(true);
     migrator

@@ -33,12 +33,14 @@ lint:
 	$(CARGO) deny check licenses bans sources
 
 # Service binaries are built first: the end-to-end tests start them as separate processes.
-test: infra lint build fuzz-smoke
+# The fuzz targets' corpus is replayed by a plain test (tests/fuzz_corpus.rs); libFuzzer runs
+# are `make fuzz-smoke` and `make fuzz`, which need an instrumented build of their own.
+test: infra lint build
 	source .ordermesh/infra.env && $(CARGO) test --workspace
 
 FUZZ_SECONDS ?= 60
 
-# A few seconds per fuzz target from the committed corpus (scripts/fuzz.sh).
+# A few seconds of libFuzzer per target from the committed corpus (scripts/fuzz.sh).
 fuzz-smoke: infra
 	scripts/fuzz.sh smoke 3
 

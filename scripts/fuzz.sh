@@ -3,7 +3,8 @@
 #
 #   scripts/fuzz.sh smoke [SECONDS]  each target for SECONDS (default 3) from the committed corpus,
 #                                    which it leaves untouched; dev build without a sanitizer so the
-#                                    cold build stays short (make test)
+#                                    cold build stays short (make fuzz-smoke; `make test` instead
+#                                    replays the corpus through the same checks, tests/fuzz_corpus.rs)
 #   scripts/fuzz.sh run [SECONDS]    each target for SECONDS (default 60) with AddressSanitizer and
 #                                    optimisations, new inputs kept in fuzz/corpus, which is then
 #                                    minimised again (make fuzz)
@@ -14,6 +15,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 export RUSTC_BOOTSTRAP=1
+
+# Installed here, not by scripts/infra.sh: only fuzzing needs it.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "==> cargo install cargo-fuzz"
+  cargo install --locked --quiet cargo-fuzz@0.13.2
+fi
 
 mode=${1:-smoke}
 targets=$(cargo fuzz list)

@@ -73,11 +73,6 @@ if ! cargo deny --version >/dev/null 2>&1; then
   log "cargo install cargo-deny"
   cargo install --locked --quiet cargo-deny@0.20.2
 fi
-# --- cargo-fuzz (libFuzzer targets under fuzz/; built with RUSTC_BOOTSTRAP, see scripts/fuzz.sh) ---
-if ! cargo fuzz --version >/dev/null 2>&1; then
-  log "cargo install cargo-fuzz"
-  cargo install --locked --quiet cargo-fuzz@0.13.2
-fi
 
 # --- generated-client examples: grpcio + grpcio-tools (protoc with the well-known types) ---
 if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then

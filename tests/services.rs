@@ -1,6 +1,6 @@
-//! Order, payment and shipping behaviour against real processes and databases: client request
-//! ids, the sandbox processor and its versions, refunds that never exceed the charge, and
-//! compensations that block late effects.
+//! Order, payment, shipping and notification behaviour against real processes and databases:
+//! client request ids, the sandbox processor and its versions, refunds that never exceed the
+//! charge, compensations that block late effects, and one notification per outcome event.
 
 mod common;
 
@@ -8,6 +8,7 @@ use common::TestEnv;
 use ordermesh::proto::inventory::inventory_service_client::InventoryServiceClient;
 use ordermesh::{
     config::ServiceName,
+    events::{OrderOutcome, OutcomeKind},
     proto::{
         common::{Address, Money},
         order::{
@@ -562,4 +563,104 @@ async fn labels_are_created_once_and_a_cancel_before_create_blocks_a_late_label(
             .await
             .expect("count");
     assert_eq!(labels, 0);
+}
+
+/// Notification records events in batches (one statement per batch): every outcome event is
+/// notified exactly once even when it arrives twice, in the same batch or a later one, and an
+/// undecodable message in the middle neither stops the batch nor gets a notification.
+#[tokio::test]
+async fn each_outcome_event_is_notified_once_however_often_and_however_batched_it_arrives() {
+    let env = TestEnv::new();
+    let _notification = env.start(ServiceName::Notification).await;
+    let client = async_nats::connect(common::nats_url())
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let names = ordermesh::nats::Names::new(&env.namespace);
+    let events: Vec<OrderOutcome> = (0..60)
+        .map(|i| {
+            let cancelled = i % 4 == 0;
+            OrderOutcome {
+                event_id: Uuid::now_v7(),
+                order_id: Uuid::now_v7(),
+                kind: if cancelled {
+                    OutcomeKind::Cancelled
+                } else {
+                    OutcomeKind::Confirmed
+                },
+                confirmation_number: if cancelled {
+                    String::new()
+                } else {
+                    format!("ORD-20261202-{i:08}")
+                },
+                reason: if cancelled {
+                    "out of stock".into()
+                } else {
+                    String::new()
+                },
+            }
+        })
+        .collect();
+    // Each event twice, without a Nats-Msg-Id (so JetStream keeps both copies): the first
+    // copies back to back, then garbage, then every copy again, half of them right after.
+    let mut payloads: Vec<(String, Vec<u8>)> = Vec::new();
+    for event in &events {
+        let subject = names.order_event_subject(event.kind.subject_token());
+        payloads.push((subject, serde_json::to_vec(event).expect("encode")));
+    }
+    let mut sends = payloads.clone();
+    sends.push((
+        names.order_event_subject("confirmed"),
+        b"{not json".to_vec(),
+    ));
+    sends.extend(payloads.iter().rev().cloned());
+    for (subject, payload) in sends {
+        js.publish(subject, payload.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
+    let db = env.db(ServiceName::Notification).await;
+    let stream = js
+        .get_stream(names.order_events_stream())
+        .await
+        .expect("order events stream");
+    let mut drained = false;
+    for _ in 0..100 {
+        let info = stream
+            .consumer_info("notification")
+            .await
+            .expect("consumer");
+        drained = info.num_pending == 0 && info.num_ack_pending == 0;
+        if drained {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        drained,
+        "every message, the garbage included, was acked or terminated"
+    );
+    let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT event_id, kind, message FROM notifications ORDER BY notification_id",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("notifications");
+    assert_eq!(rows.len(), events.len(), "one notification per event");
+    for (event, (event_id, kind, message)) in events.iter().zip(&rows) {
+        assert_eq!(*event_id, event.event_id, "notified in order of arrival");
+        match event.kind {
+            OutcomeKind::Confirmed => {
+                assert_eq!(kind, "NOTIFICATION_KIND_ORDER_CONFIRMED");
+                assert!(message.contains(&event.confirmation_number), "{message}");
+            }
+            OutcomeKind::Cancelled => {
+                assert_eq!(kind, "NOTIFICATION_KIND_ORDER_CANCELLED");
+                assert!(message.contains("out of stock"), "{message}");
+            }
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! sqlx's advisory lock (so several replicas starting at once migrate exactly once), and the
 //! mapping of database errors to gRPC codes.
 
-use std::str::FromStr;
+use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     Connection, PgPool,
@@ -128,6 +128,10 @@ pub async fn connect(
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move { Ok(meta.idle_for < PING_IDLE_AFTER || alive(conn).await) })
+        })
         .connect_with(server.database(name))
         .await
         .map_err(DbError::Connect)?;
@@ -140,6 +144,25 @@ pub async fn connect(
         })?;
     PoolCollector::register(&pool, settings.max_connections);
     Ok(pool)
+}
+
+/// A pooled connection idle at least this long is pinged before it is handed out; a busier one
+/// is used as it is. sqlx pings every connection it hands out by default: a round trip, and a
+/// wake-up of the backend and of the service, before every statement (the payment service made
+/// ~1 `sendto` and ~1.7 `recvfrom` calls per order fewer without it, by `strace -c` at
+/// 100 orders/s). A connection that broke while busy (PostgreSQL restarted) fails its
+/// statement like any other database error, which callers already retry or report.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether an idle connection still answers; a dead one is closed and another taken.
+async fn alive(conn: &mut PgConnection) -> bool {
+    match conn.ping().await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::info!(%error, "idle database connection is gone; opening another");
+            false
+        }
+    }
 }
 
 /// What an index probe costs the planner, relative to a sequential page read.

@@ -1,7 +1,7 @@
 //! Process lifecycle as Kubernetes drives it: a service started before its dependencies waits
 //! NOT_SERVING instead of crash-looping, and SIGTERM reports NOT_SERVING first, lets in-flight
 //! calls finish, then exits 0; a release rolled back after a migration starts against the newer
-//! schema.
+//! schema; a pooled connection that died while idle is replaced before use.
 
 mod common;
 
@@ -202,4 +202,44 @@ async fn a_rolled_back_release_starts_against_the_schema_a_newer_one_migrated() 
         .expect("the older binary serves")
         .into_inner();
     assert_eq!(item.item.map(|i| i.available), Some(3));
+}
+
+/// The pools hand out busy connections without a ping (a round trip per statement otherwise),
+/// but one idle for a second or more is checked first: a connection whose backend went away
+/// while it sat idle (PostgreSQL restarted, a proxy or `pg_terminate_backend` dropped it) is
+/// replaced, not handed to a query that would fail on it.
+#[tokio::test]
+async fn an_idle_pooled_connection_whose_backend_died_is_replaced_before_use() {
+    let env = TestEnv::new();
+    let settings = ordermesh::config::DatabaseSettings {
+        url: common::PG_URL.into(),
+        name: None,
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+    };
+    // The order service's database name of this test, so the test's clean-up drops it.
+    let name = format!("{}_{}", env.namespace, ServiceName::Order);
+    let pool = ordermesh::db::connect(&settings, &name, &sqlx::migrate::Migrator::DEFAULT)
+        .await
+        .expect("pool");
+    let backend = || sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&pool);
+    let first = backend().await.expect("first query");
+
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", common::PG_URL))
+        .await
+        .expect("admin connection");
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&admin)
+        .await
+        .expect("terminate");
+    assert!(terminated);
+    // Longer than the pool's ping threshold (`db::PING_IDLE_AFTER`, 1 s).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let second = backend()
+        .await
+        .expect("the dead connection was replaced before the query ran");
+    assert_ne!(second, first);
+    pool.close().await;
 }

@@ -15,6 +15,7 @@ use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
 use ordermesh::events::{OrderOutcome, OutcomeKind};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -56,21 +57,10 @@ pub async fn run(pool: PgPool, consumer: PullConsumer, shutdown: CancellationTok
 }
 
 /// Takes queued messages in batches of up to [`BATCH`], each closed [`LINGER`] after its first
-/// message arrived, and records each batch.
-async fn write_batches(pool: PgPool, mut pending: mpsc::Receiver<Message>) {
-    while let Some(first) = pending.recv().await {
-        let mut batch = vec![first];
-        let linger = tokio::time::sleep(LINGER);
-        tokio::pin!(linger);
-        while batch.len() < BATCH {
-            tokio::select! {
-                more = pending.recv() => match more {
-                    Some(message) => batch.push(message),
-                    None => break,
-                },
-                () = &mut linger => break,
-            }
-        }
+/// message arrived (or when the queue closes), and records each batch.
+async fn write_batches(pool: PgPool, pending: mpsc::Receiver<Message>) {
+    let mut batches = std::pin::pin!(ReceiverStream::new(pending).chunks_timeout(BATCH, LINGER));
+    while let Some(batch) = batches.next().await {
         record_batch(&pool, batch).await;
     }
 }

@@ -211,12 +211,8 @@ async fn a_rolled_back_release_starts_against_the_schema_a_newer_one_migrated() 
 #[tokio::test]
 async fn an_idle_pooled_connection_whose_backend_died_is_replaced_before_use() {
     let env = TestEnv::new();
-    let settings = ordermesh::config::DatabaseSettings {
-        url: common::PG_URL.into(),
-        name: None,
-        max_connections: 1,
-        acquire_timeout: Duration::from_secs(5),
-    };
+    let mut settings = ordermesh::config::Settings::defaults(ServiceName::Order).database;
+    settings.max_connections = 1;
     // The order service's database name of this test, so the test's clean-up drops it.
     let name = format!("{}_{}", env.namespace, ServiceName::Order);
     let pool = ordermesh::db::connect(&settings, &name, &sqlx::migrate::Migrator::DEFAULT)

@@ -1,5 +1,6 @@
 //! Payment persistence. Charge and Refund of one order serialise on a transaction-scoped
-//! advisory lock of the order id, so a refund racing a late charge cannot leave money taken.
+//! advisory lock of the order id, so a refund racing a late charge cannot leave money taken
+//! (Charge takes it inside the `charge_payment` function, Refund in its transaction).
 
 use chrono::{DateTime, SubsecRound, Utc};
 use ordermesh::{
@@ -96,9 +97,10 @@ pub struct Charge<'a> {
     pub token: &'a str,
 }
 
-/// Charges the order: four round trips. Begin; claim the key and take the order's lock;
-/// write the payment with its stored response unless the order is blocked or already paid;
-/// commit. The response (timestamps included) is built before the write, so row and answer agree.
+/// Charges the order in one round trip: the `charge_payment` function (migration 0002) takes
+/// the order's lock, then writes the payment and its stored response unless the key was
+/// answered before (replayed from here), the order is blocked or it is already paid. The
+/// response (timestamps included) is built before the write, so row and answer agree.
 pub async fn charge(
     pool: &PgPool,
     key: &str,
@@ -107,29 +109,11 @@ pub async fn charge(
     version: Version,
 ) -> Result<ChargeResponse, Status> {
     #[derive(sqlx::FromRow)]
-    struct Attempt {
-        charged: bool,
-        blocked: Option<String>,
+    struct Verdict {
+        outcome: String,
+        blocked_reason: Option<String>,
     }
     let hash = idempotency::request_hash(request);
-    let mut tx = pool.begin().await.map_err(db::status)?;
-    let claimed: bool = sqlx::query_scalar(
-        "WITH claim AS (
-             INSERT INTO idempotency_keys (key, request_hash) VALUES ($1, $2)
-             ON CONFLICT (key) DO NOTHING RETURNING key
-         )
-         SELECT EXISTS (SELECT 1 FROM claim)
-         FROM (SELECT pg_advisory_xact_lock(hashtextextended($3::text, 0))) AS locked",
-    )
-    .bind(key)
-    .bind(&hash)
-    .bind(charge.order_id)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db::status)?;
-    if !claimed {
-        return idempotency::stored(&mut tx, key, &hash).await;
-    }
     let (status, decline_reason) =
         match processor::authorize(version, charge.token, charge.amount_minor) {
             Ok(()) => (PaymentStatus::Captured, String::new()),
@@ -157,22 +141,14 @@ pub async fn charge(
     let response = ChargeResponse {
         payment: Some(row.clone().into()),
     };
-    // The lock makes this see any block or payment committed before it.
-    let attempt: Attempt = sqlx::query_as(
-        "WITH blocked AS (
-             SELECT reason FROM payment_blocks WHERE order_id = $2
-         ), payment AS (
-             INSERT INTO payments (payment_id, order_id, status, currency, amount_minor, decline_reason,
-                                   card_last4, card_fingerprint, processor_version, created_at, updated_at)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10
-             WHERE NOT EXISTS (SELECT 1 FROM blocked)
-             ON CONFLICT (order_id) DO NOTHING RETURNING payment_id
-         ), answer AS (
-             UPDATE idempotency_keys SET response = $11
-             WHERE key = $12 AND EXISTS (SELECT 1 FROM payment)
-         )
-         SELECT EXISTS (SELECT 1 FROM payment) AS charged, (SELECT reason FROM blocked) AS blocked",
+    let mut conn = pool.acquire().await.map_err(db::status)?;
+    let verdict: Verdict = sqlx::query_as(
+        "SELECT outcome, blocked_reason
+         FROM charge_payment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
+    .bind(key)
+    .bind(&hash)
+    .bind(response.encode_to_vec())
     .bind(row.payment_id)
     .bind(row.order_id)
     .bind(&row.status)
@@ -183,24 +159,30 @@ pub async fn charge(
     .bind(&row.card_fingerprint)
     .bind(&row.processor_version)
     .bind(now)
-    .bind(response.encode_to_vec())
-    .bind(key)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut *conn)
     .await
     .map_err(db::status)?;
-    if let Some(reason) = attempt.blocked {
-        return Err(Status::failed_precondition(format!(
-            "order {} was cancelled before it was charged ({reason}); nothing was charged",
-            charge.order_id
-        )));
+    match verdict.outcome.as_str() {
+        "charged" => {}
+        "replay" => return idempotency::stored(&mut conn, key, &hash).await,
+        "blocked" => {
+            return Err(Status::failed_precondition(format!(
+                "order {} was cancelled before it was charged ({}); nothing was charged",
+                charge.order_id,
+                verdict.blocked_reason.unwrap_or_default()
+            )));
+        }
+        "paid" => {
+            return Err(Status::failed_precondition(format!(
+                "order {} already has a payment; retry with its original idempotency key",
+                charge.order_id
+            )));
+        }
+        other => {
+            tracing::error!(outcome = other, "charge_payment answered something unknown");
+            return Err(Status::internal("internal database error"));
+        }
     }
-    if !attempt.charged {
-        return Err(Status::failed_precondition(format!(
-            "order {} already has a payment; retry with its original idempotency key",
-            charge.order_id
-        )));
-    }
-    tx.commit().await.map_err(db::status)?;
     let outcome = if status == PaymentStatus::Captured {
         "captured"
     } else {

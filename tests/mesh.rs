@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::{
-    ServiceProcess, TestEnv, binary, free_port, http_get,
+    ServiceProcess, TestEnv, binary, http_get, reserve_port,
     saga::{order, place_with, stock, watch_to_end},
 };
 use nix::sys::signal::Signal;
@@ -149,11 +149,15 @@ async fn a_rolling_restart_of_every_instance_loses_no_call_and_no_order() {
     let env = TestEnv::new();
     // Two instances per service on fixed ports, so replacements can take their ports over.
     let mut addrs: HashMap<ServiceName, Vec<(String, String)>> = HashMap::new();
+    let mut reserved = Vec::new();
     for s in ServiceName::ALL {
         for _ in 0..2 {
-            let grpc = format!("127.0.0.1:{}", free_port().await);
-            let admin = format!("127.0.0.1:{}", free_port().await);
-            addrs.entry(s).or_default().push((grpc, admin));
+            let (grpc, admin) = (reserve_port(), reserve_port());
+            addrs.entry(s).or_default().push((
+                format!("127.0.0.1:{}", grpc.port),
+                format!("127.0.0.1:{}", admin.port),
+            ));
+            reserved.extend([grpc, admin]);
         }
     }
     let mut shared: Vec<(String, String)> = ServiceName::ALL

@@ -398,6 +398,31 @@ pub async fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
+/// A loopback port held until dropped, for ordermesh services started on a fixed port. The
+/// socket is bound with SO_REUSEPORT but never listens, so the kernel gives the port to nobody
+/// else (no port-0 bind of a test running alongside, no outgoing connection), while a service
+/// (same user, SO_REUSEPORT, see `ordermesh::server`) binds it too and is the only one that
+/// accepts. A released [`free_port`] was once taken in between by another service, whose
+/// answers to the wrong caller were UNIMPLEMENTED.
+pub struct ReservedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+pub fn reserve_port() -> ReservedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket.set_reuseport(true).expect("SO_REUSEPORT");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    ReservedPort {
+        _socket: socket,
+        port,
+    }
+}
+
 /// A TCP forwarder from `listen` to `target`; stops accepting when dropped.
 pub struct Forwarder {
     task: tokio::task::JoinHandle<()>,

@@ -10,18 +10,17 @@ use std::{
     time::Duration,
 };
 
-use common::{TestEnv, binary};
+use common::{ReservedPort, TestEnv, binary, reserve};
 use nix::{sys::signal::Signal, unistd::Pid};
 
-/// `count` consecutive free loopback ports.
-fn free_block(count: u16) -> u16 {
+/// `count` consecutive free loopback ports, held until dropped (see [`common::reserve`]):
+/// the first is the block's base.
+fn free_block(count: u16) -> Vec<ReservedPort> {
     for _ in 0..200 {
         let base = 20_000 + (rand_u16() % 20_000);
-        let listeners: Vec<_> = (0..count)
-            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if listeners.len() == count as usize {
-            return base;
+        let block: Vec<_> = (0..count).map_while(|i| reserve(base + i)).collect();
+        if block.len() == count as usize {
+            return block;
         }
     }
     panic!("no block of {count} free ports");
@@ -52,8 +51,8 @@ fn ordermesh(args: &[&str]) -> std::process::Output {
 #[test]
 fn up_starts_the_mesh_places_a_demo_order_and_stops_cleanly_on_ctrl_c() {
     let env = TestEnv::new();
-    let grpc = free_block(5);
-    let admin = free_block(5);
+    let (grpc_ports, admin_ports) = (free_block(5), free_block(5));
+    let (grpc, admin) = (grpc_ports[0].port, admin_ports[0].port);
     let mut up = Up(Command::new(binary("ordermesh"))
         .args([
             "up",

@@ -410,17 +410,25 @@ pub struct ReservedPort {
 }
 
 pub fn reserve_port() -> ReservedPort {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-    socket.set_reuseport(true).expect("SO_REUSEPORT");
-    socket
-        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .expect("bind");
-    let port = socket.local_addr().expect("addr").port();
-    ReservedPort {
+    reserve(0).expect("a free loopback port")
+}
+
+/// `port` held as by [`reserve_port`], or `None` if something already uses it. (A plain bind
+/// checks first: a SO_REUSEPORT bind would share a port another service of ours listens on.)
+pub fn reserve(port: u16) -> Option<ReservedPort> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if port != 0 {
+        drop(std::net::TcpListener::bind(addr).ok()?);
+    }
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.set_reuseaddr(true).ok()?;
+    socket.set_reuseport(true).ok()?;
+    socket.bind(addr).ok()?;
+    let port = socket.local_addr().ok()?.port();
+    Some(ReservedPort {
         _socket: socket,
         port,
-    }
+    })
 }
 
 /// A TCP forwarder from `listen` to `target`; stops accepting when dropped.

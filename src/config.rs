@@ -76,6 +76,9 @@ pub const DEFAULT_ADMIN_BASE_PORT: u16 = 9101;
 /// older system NATS on 4222.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4250";
 
+/// Most runtime threads a service may be given (more is a typo, not a tuning).
+pub const MAX_WORKER_THREADS: usize = 256;
+
 /// Everything a service process reads from its environment.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Settings {
@@ -101,6 +104,11 @@ pub struct Settings {
     /// `istio`: the sidecar does, so in-process retries are off and never stack.
     /// `ORDERMESH_MESH`.
     pub mesh: MeshMode,
+    /// Threads of the tokio runtime. Unset: one per core this process may use (tokio's default,
+    /// which follows a container's CPU quota). `ordermesh up` sets it, because there every
+    /// service shares the machine's cores with the others, PostgreSQL and NATS.
+    /// `ORDERMESH_WORKER_THREADS`.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +306,7 @@ impl Settings {
                 filter: "info".into(),
             },
             mesh: MeshMode::Local,
+            worker_threads: None,
         }
     }
 
@@ -355,6 +364,13 @@ impl Settings {
             return Err(ConfigError(format!(
                 "ORDERMESH_NAMESPACE={:?}: use 1-40 lower-case letters, digits or '_'",
                 self.namespace
+            )));
+        }
+        if let Some(n) = self.worker_threads
+            && !(1..=MAX_WORKER_THREADS).contains(&n)
+        {
+            return Err(ConfigError(format!(
+                "ORDERMESH_WORKER_THREADS={n}: use 1-{MAX_WORKER_THREADS}, or leave it unset for one per core"
             )));
         }
         Ok(())
@@ -521,6 +537,27 @@ mod tests {
             let s = Settings::load(ServiceName::Payment).map_err(|e| e.to_string())?;
             assert_eq!(s.database_name(), "staging_payment");
             assert_eq!(s.shutdown.delay, Duration::from_secs(5));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn worker_threads_are_read_and_a_zero_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(ServiceName::Order).map_err(|e| e.to_string())?;
+            assert_eq!(s.worker_threads, None, "unset: tokio's default");
+            jail.set_env("ORDERMESH_WORKER_THREADS", "2");
+            let s = Settings::load(ServiceName::Order).map_err(|e| e.to_string())?;
+            assert_eq!(s.worker_threads, Some(2));
+            jail.set_env("ORDERMESH_WORKER_THREADS", "0");
+            let error = Settings::load(ServiceName::Order)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                error.contains("ORDERMESH_WORKER_THREADS=0: use 1-256"),
+                "{error}"
+            );
             Ok(())
         });
     }

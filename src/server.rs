@@ -395,7 +395,11 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let settings = Settings::load(service)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = settings.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

@@ -7,8 +7,9 @@ use common::TestEnv;
 use ordermesh::{
     config::ServiceName,
     proto::inventory::{
-        CommitRequest, GetItemRequest, Item, ReleaseRequest, ReservationLine, ReserveOutcome,
-        ReserveRequest, UpsertItemRequest, inventory_service_client::InventoryServiceClient,
+        CommitRequest, GetItemRequest, Item, ReleaseRequest, ReservationLine, ReservationStatus,
+        ReserveOutcome, ReserveRequest, UpsertItemRequest,
+        inventory_service_client::InventoryServiceClient,
     },
 };
 use tonic::{Code, transport::Channel};
@@ -289,4 +290,77 @@ async fn concurrent_commits_and_releases_sharing_skus_each_happen_once_and_conse
         (60, 0, 40)
     );
     assert_eq!((plug.available, plug.reserved, plug.committed), (80, 0, 20));
+}
+
+#[tokio::test]
+async fn a_replica_that_reserved_does_not_settle_a_reservation_another_replica_settled() {
+    // Two replicas on one database: each remembers the reservations it made, and that memory
+    // must lose to what the other replica did since.
+    let env = TestEnv::new();
+    let (a, b) = (
+        env.start(ServiceName::Inventory).await,
+        env.start(ServiceName::Inventory).await,
+    );
+    let (mut a, mut b) = (
+        Client::new(a.channel().await),
+        Client::new(b.channel().await),
+    );
+    set_stock(&mut a, "LAMP", 10).await;
+
+    let released = Uuid::now_v7();
+    a.reserve(reserve(released, &[("LAMP", 2)]))
+        .await
+        .expect("reserve on a");
+    let release = b
+        .release(ReleaseRequest {
+            idempotency_key: format!("{released}:release"),
+            order_id: released.to_string(),
+            reason: "payment declined".into(),
+        })
+        .await
+        .expect("release on b")
+        .into_inner();
+    assert!(release.released);
+    let late_commit = a
+        .commit(CommitRequest {
+            idempotency_key: format!("{released}:commit"),
+            order_id: released.to_string(),
+        })
+        .await
+        .expect_err("commit of a released reservation");
+    assert_eq!(late_commit.code(), Code::FailedPrecondition);
+
+    let committed = Uuid::now_v7();
+    a.reserve(reserve(committed, &[("LAMP", 3)]))
+        .await
+        .expect("reserve on a");
+    let commit = b
+        .commit(CommitRequest {
+            idempotency_key: format!("{committed}:commit"),
+            order_id: committed.to_string(),
+        })
+        .await
+        .expect("commit on b")
+        .into_inner();
+    assert!(commit.committed);
+    let late_release = a
+        .release(ReleaseRequest {
+            idempotency_key: format!("{committed}:release"),
+            order_id: committed.to_string(),
+            reason: "timed out".into(),
+        })
+        .await
+        .expect("release of a committed reservation answers")
+        .into_inner();
+    assert!(
+        !late_release.released,
+        "a shipped order's stock stays committed"
+    );
+    assert_eq!(
+        late_release.reservation.map(|r| r.status),
+        Some(ReservationStatus::Committed as i32)
+    );
+
+    let lamp = item(&mut a, "LAMP").await;
+    assert_eq!((lamp.available, lamp.reserved, lamp.committed), (7, 0, 3));
 }

@@ -9,15 +9,20 @@ use ordermesh::{
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::{store, validate};
+use crate::{store, unsettled::Unsettled, validate};
 
 pub struct Inventory {
     pool: Ready<PgPool>,
+    /// Reserve's reservations for the Commit or Release that follows (a hint; see the module).
+    unsettled: Unsettled,
 }
 
 impl Inventory {
     pub fn new(pool: Ready<PgPool>) -> Inventory {
-        Inventory { pool }
+        Inventory {
+            pool,
+            unsettled: Unsettled::default(),
+        }
     }
 }
 
@@ -71,7 +76,8 @@ impl InventoryService for Inventory {
     ) -> Result<Response<ReserveResponse>, Status> {
         let r = request.get_ref();
         let ((key, order_id), lines) = validate::reserve(r)?;
-        let response = store::reserve(self.pool.get()?, &key, r, order_id, &lines).await?;
+        let response =
+            store::reserve(self.pool.get()?, &self.unsettled, &key, r, order_id, &lines).await?;
         Ok(Response::new(response))
     }
 
@@ -83,7 +89,7 @@ impl InventoryService for Inventory {
         let r = request.get_ref();
         let (key, order_id) = validate::release(r)?;
         Ok(Response::new(
-            store::release(self.pool.get()?, &key, r, order_id).await?,
+            store::release(self.pool.get()?, &self.unsettled, &key, r, order_id).await?,
         ))
     }
 
@@ -95,7 +101,7 @@ impl InventoryService for Inventory {
         let r = request.get_ref();
         let (key, order_id) = validate::commit(r)?;
         Ok(Response::new(
-            store::commit(self.pool.get()?, &key, r, order_id).await?,
+            store::commit(self.pool.get()?, &self.unsettled, &key, r, order_id).await?,
         ))
     }
 

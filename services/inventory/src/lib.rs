@@ -6,6 +6,7 @@
 mod api;
 mod metrics;
 mod store;
+mod unsettled;
 pub mod validate;
 
 use std::future::Future;

@@ -20,7 +20,7 @@ use sqlx::{PgConnection, PgPool};
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::metrics::RESERVATIONS;
+use crate::{metrics::RESERVATIONS, unsettled::Unsettled};
 
 #[derive(sqlx::FromRow)]
 struct ItemRow {
@@ -134,7 +134,8 @@ pub async fn get_reservation(pool: &PgPool, order_id: Uuid) -> Result<Option<Res
     reservation_of(&mut conn, order_id).await
 }
 
-/// The order's reservation with its lines (in SKU order), in one statement.
+/// The order's reservation with its lines in SKU byte order (as [`reserve`] answers them,
+/// whatever the database's collation), in one statement.
 async fn reservation_of(
     conn: &mut PgConnection,
     order_id: Uuid,
@@ -151,7 +152,8 @@ async fn reservation_of(
                 coalesce(l.skus, '{}') AS skus, coalesce(l.quantities, '{}') AS quantities
          FROM reservations r
          LEFT JOIN LATERAL (
-             SELECT array_agg(sku ORDER BY sku) AS skus, array_agg(quantity ORDER BY sku) AS quantities
+             SELECT array_agg(sku ORDER BY sku COLLATE \"C\") AS skus,
+                    array_agg(quantity ORDER BY sku COLLATE \"C\") AS quantities
              FROM reservation_lines WHERE reservation_id = r.reservation_id
          ) l ON true
          WHERE r.order_id = $1",
@@ -169,9 +171,11 @@ async fn reservation_of(
 /// concurrent multi-line reservations cannot deadlock) and, only if every line is covered and
 /// the order has no reservation yet, claims the key with the response, moves the stock and
 /// writes the reservation. When it did not reserve, what it returned says why, and a second
-/// round trip answers: a replay, a refusal, or the shortages (stored under the key).
+/// round trip answers: a replay, a refusal, or the shortages (stored under the key). A new
+/// reservation is remembered in `unsettled` for the Commit or Release that follows.
 pub async fn reserve(
     pool: &PgPool,
+    unsettled: &Unsettled,
     key: &str,
     request: &impl prost::Message,
     order_id: Uuid,
@@ -199,16 +203,17 @@ pub async fn reserve(
     let reservation_id = Uuid::now_v7();
     // Timestamps from here, so the stored response and the row agree.
     let now = Utc::now().trunc_subsecs(6);
+    let reservation = Reservation {
+        reservation_id: reservation_id.to_string(),
+        order_id: order_id.to_string(),
+        status: ReservationStatus::Reserved as i32,
+        lines: sorted.clone(),
+        created_at: Some(to_proto(now)),
+        updated_at: Some(to_proto(now)),
+    };
     let response = ReserveResponse {
         outcome: ReserveOutcome::Reserved as i32,
-        reservation: Some(Reservation {
-            reservation_id: reservation_id.to_string(),
-            order_id: order_id.to_string(),
-            status: ReservationStatus::Reserved as i32,
-            lines: sorted.clone(),
-            created_at: Some(to_proto(now)),
-            updated_at: Some(to_proto(now)),
-        }),
+        reservation: Some(reservation.clone()),
         shortages: Vec::new(),
     };
     let mut conn = pool.acquire().await.map_err(db::status)?;
@@ -226,6 +231,7 @@ pub async fn reserve(
         .map_err(db::status)?;
     if attempt.reserved {
         RESERVATIONS.with_label_values(&["reserved"]).inc();
+        unsettled.remember(order_id, reservation);
         return Ok(response);
     }
     // Not reserved: a repeat of a call already answered, another call's reservation of this
@@ -308,23 +314,32 @@ const RESERVE_SQL: &str = "WITH existing AS (
 
 /// Returns an order's reserved stock to available. With no reservation, records a released
 /// one without lines so that a late Reserve of the same order is refused. Like [`commit`]: a
-/// read, then one statement that claims the key with the response and makes the change.
+/// read (skipped when `unsettled` holds the reservation), then one statement that claims the
+/// key with the response and makes the change.
 pub async fn release(
     pool: &PgPool,
+    unsettled: &Unsettled,
     key: &str,
     request: &impl prost::Message,
     order_id: Uuid,
 ) -> Result<ReleaseResponse, Status> {
     let hash = idempotency::request_hash(request);
     let mut conn = pool.acquire().await.map_err(db::status)?;
+    let response = |settled| ReleaseResponse {
+        released: true,
+        reservation: Some(settled),
+    };
+    if let Some(r) = unsettled.take(order_id)
+        && let Some(done) = settle(&mut conn, r, Settlement::Release, key, &hash, response).await?
+    {
+        return Ok(done);
+    }
     match reservation_of(&mut conn, order_id).await? {
         None => release_unreserved(&mut conn, key, &hash, order_id).await,
         Some(r) if r.status == ReservationStatus::Reserved as i32 => {
-            let response = |settled| ReleaseResponse {
-                released: true,
-                reservation: Some(settled),
-            };
-            settle(&mut conn, r, Settlement::Release, key, &hash, response).await
+            settle(&mut conn, r, Settlement::Release, key, &hash, response)
+                .await?
+                .ok_or_else(changed_concurrently)
         }
         // Released or committed already: by this key (the answer stored then is replayed) or
         // by another one.
@@ -385,17 +400,27 @@ async fn release_unreserved(
     idempotency::stored(conn, key, hash).await
 }
 
-/// Moves an order's reserved stock to committed (it ships). Two round trips and one commit:
-/// a read of the reservation, then (if it is reserved) [`settle`]'s statement. A repeat finds
-/// the reservation committed and replays the stored answer.
+/// Moves an order's reserved stock to committed (it ships). One commit: [`settle`]'s statement
+/// on the reservation this process remembers from Reserve, or else on the one read back first.
+/// A repeat finds the reservation committed and replays the stored answer.
 pub async fn commit(
     pool: &PgPool,
+    unsettled: &Unsettled,
     key: &str,
     request: &impl prost::Message,
     order_id: Uuid,
 ) -> Result<CommitResponse, Status> {
     let hash = idempotency::request_hash(request);
     let mut conn = pool.acquire().await.map_err(db::status)?;
+    let response = |settled| CommitResponse {
+        committed: true,
+        reservation: Some(settled),
+    };
+    if let Some(r) = unsettled.take(order_id)
+        && let Some(done) = settle(&mut conn, r, Settlement::Commit, key, &hash, response).await?
+    {
+        return Ok(done);
+    }
     match reservation_of(&mut conn, order_id).await? {
         None => Err(Status::not_found(format!(
             "order {order_id} has no reservation"
@@ -406,11 +431,9 @@ pub async fn commit(
             )))
         }
         Some(r) if r.status == ReservationStatus::Reserved as i32 => {
-            let response = |settled| CommitResponse {
-                committed: true,
-                reservation: Some(settled),
-            };
-            settle(&mut conn, r, Settlement::Commit, key, &hash, response).await
+            settle(&mut conn, r, Settlement::Commit, key, &hash, response)
+                .await?
+                .ok_or_else(changed_concurrently)
         }
         // Committed already: by this key (the answer stored then is replayed) or another one.
         Some(r) => {
@@ -455,10 +478,10 @@ impl Settlement {
     }
 }
 
-/// Commits or releases `reservation` (read as reserved) in one statement ([`SETTLE_SQL`]) and
-/// answers `response(the reservation afterwards)`, which the statement stores under `key`. If
-/// the key was taken meanwhile, replays that call's answer; if the reservation changed since
-/// it was read, nothing happened and the caller retries (ABORTED).
+/// Commits or releases `reservation` (read or remembered as reserved) in one statement
+/// ([`SETTLE_SQL`]) and answers `response(the reservation afterwards)`, which the statement
+/// stores under `key`. If the key was taken meanwhile, replays that call's answer; if the
+/// reservation is no longer reserved, nothing happened: `None`.
 async fn settle<R: prost::Message + Default>(
     conn: &mut PgConnection,
     mut reservation: Reservation,
@@ -466,7 +489,7 @@ async fn settle<R: prost::Message + Default>(
     key: &str,
     hash: &[u8],
     response: impl FnOnce(Reservation) -> R,
-) -> Result<R, Status> {
+) -> Result<Option<R>, Status> {
     let id = Uuid::parse_str(&reservation.reservation_id)
         .map_err(|_| Status::internal("stored reservation id is not a UUID"))?;
     let skus: Vec<String> = reservation.lines.iter().map(|l| l.sku.clone()).collect();
@@ -493,14 +516,15 @@ async fn settle<R: prost::Message + Default>(
         .map_err(db::status)?;
     if settled {
         RESERVATIONS.with_label_values(&[to.column()]).inc();
-        return Ok(response);
+        return Ok(Some(response));
     }
-    match idempotency::previous(conn, key, hash).await? {
-        Some(replay) => Ok(replay),
-        None => Err(Status::aborted(
-            "the reservation changed concurrently; retry",
-        )),
-    }
+    idempotency::previous(conn, key, hash).await
+}
+
+/// A reservation read as reserved was settled by another call before this one could: nothing
+/// happened here, and a retry sees how it ended.
+fn changed_concurrently() -> Status {
+    Status::aborted("the reservation changed concurrently; retry")
 }
 
 /// [`settle`]'s statement. `held` locks the reservation row if it is still reserved; only then

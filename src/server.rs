@@ -395,8 +395,12 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let settings = Settings::load(service)?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = settings.worker_threads {
+    let mut builder = if settings.worker_threads == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(threads) = settings.worker_threads.filter(|n| *n > 1) {
         builder.worker_threads(threads);
     }
     let runtime = builder
@@ -404,11 +408,15 @@ where
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let _telemetry = crate::telemetry::init(&format!("ordermesh-{service}"), &settings.log)?;
+        let telemetry = crate::telemetry::init(&format!("ordermesh-{service}"), &settings.log)?;
         let result = run(settings, crate::signal::terminate()).await;
         if let Err(error) = &result {
             tracing::error!(error = format!("{error:#}"), "service failed");
         }
+        // The last spans are flushed on a blocking thread while this one goes on driving the
+        // runtime: the exporter's connection is a task on it, and a current-thread runtime
+        // has no other thread to run it.
+        let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
         result
     })
 }

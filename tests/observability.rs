@@ -518,22 +518,14 @@ fn spans(receiver: &Receiver) -> Vec<Span> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_order_is_one_trace_across_every_service_and_the_jetstream_hops() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind receiver");
-    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-
+    let (receiver, endpoint, server) = otlp_receiver().await;
     let env = TestEnv::new();
+    // One runtime thread, as `ordermesh up` runs services on a small machine.
     let mesh = env
         .start_mesh_with(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ("ORDERMESH_WORKER_THREADS", "1"),
         ])
         .await;
     let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
@@ -623,4 +615,64 @@ async fn one_order_is_one_trace_across_every_service_and_the_jetstream_hops() {
         assert_eq!(parsed["trace_id"], trace_id.as_str(), "{service}: {line}");
     }
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_still_buffered_at_exit_are_exported_on_a_single_threaded_runtime() {
+    let (receiver, endpoint, server) = otlp_receiver().await;
+    let env = TestEnv::new();
+    let extra = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        // Nothing leaves on the schedule within the test: only the flush at exit exports.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ("ORDERMESH_WORKER_THREADS", "1"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let mut inventory = env.spawn(ServiceName::Inventory, &extra).await;
+    inventory.wait_serving().await;
+    stock(
+        &mut InventoryServiceClient::new(inventory.channel().await),
+        "KEYBOARD",
+        1,
+    )
+    .await;
+    let upserted = |spans: Vec<Span>| {
+        spans
+            .iter()
+            .any(|s| s.service == "ordermesh-inventory" && s.name == "upsert_item")
+    };
+    assert!(!upserted(spans(&receiver)), "exported before the exit");
+
+    // The flush waits for the exporter's connection, a task on the runtime that a
+    // single-threaded runtime must go on driving meanwhile.
+    inventory.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        inventory.wait_exit(Duration::from_secs(20)).await,
+        Some(0),
+        "graceful exit"
+    );
+    assert!(
+        upserted(spans(&receiver)),
+        "the buffered span was lost at exit"
+    );
+    server.abort();
+}
+
+/// An OTLP trace receiver on a free port: what it got, its endpoint and its server task.
+async fn otlp_receiver() -> (
+    Receiver,
+    String,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind receiver");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (receiver, endpoint, server)
 }

@@ -99,6 +99,9 @@ impl TestEnv {
             ("ORDERMESH_ADMIN_ADDR".into(), "127.0.0.1:0".into()),
             ("ORDERMESH_LOG__FORMAT".into(), "json".into()),
             ("ORDERMESH_LOG__FILTER".into(), "info".into()),
+            // The runtime `ordermesh up` gives each service on a small machine (current-thread),
+            // so the suite tests what runs there; a test may pass its own.
+            ("ORDERMESH_WORKER_THREADS".into(), "1".into()),
         ]);
         env
     }

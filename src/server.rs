@@ -395,14 +395,15 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let settings = Settings::load(service)?;
-    let mut builder = if settings.worker_threads == Some(1) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
+    let mut builder = match settings.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
     };
-    if let Some(threads) = settings.worker_threads.filter(|n| *n > 1) {
-        builder.worker_threads(threads);
-    }
     let runtime = builder
         .enable_all()
         .build()

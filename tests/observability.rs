@@ -520,12 +520,10 @@ fn spans(receiver: &Receiver) -> Vec<Span> {
 async fn one_order_is_one_trace_across_every_service_and_the_jetstream_hops() {
     let (receiver, endpoint, server) = otlp_receiver().await;
     let env = TestEnv::new();
-    // One runtime thread, as `ordermesh up` runs services on a small machine.
     let mesh = env
         .start_mesh_with(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-            ("ORDERMESH_WORKER_THREADS", "1"),
         ])
         .await;
     let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);

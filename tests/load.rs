@@ -87,3 +87,54 @@ async fn runs_and_matches_the_store(follow: &str) {
         ]
     );
 }
+
+/// 2,000 orders placed as fast as a load run sends them (400/s, many in flight at once) get
+/// 2,000 different confirmation numbers: they are drawn at random, not taken from the ids'
+/// timestamps, and the view's unique index would refuse a repeat.
+#[tokio::test]
+async fn two_thousand_orders_placed_at_once_get_two_thousand_confirmation_numbers() {
+    let env = TestEnv::new();
+    // The load generator is one client: let it have all 2,000 in flight at once.
+    let mesh = env
+        .start_mesh_with(&[("ORDERMESH_SERVER__MAX_IN_FLIGHT_PER_CLIENT", "4096")])
+        .await;
+    let output = std::process::Command::new(binary("ordermesh"))
+        .args([
+            "load",
+            "--rate",
+            "400",
+            "--duration",
+            "5s",
+            "--mix",
+            "1:0:0",
+        ])
+        .args(["--skus", "20", "--drain", "300s", "--json"])
+        .args(["--follow", "events", "--nats-url", &nats_url()])
+        .args(["--namespace", &env.namespace])
+        .args(["--order-endpoint", &mesh.get(ServiceName::Order).url()])
+        .args([
+            "--inventory-endpoint",
+            &mesh.get(ServiceName::Inventory).url(),
+        ])
+        .output()
+        .expect("run ordermesh load");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["confirmed"].as_u64(), Some(2_000), "{report}");
+
+    let db = env.db(ServiceName::Order).await;
+    let (numbers, confirmed): (i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT confirmation_number), count(*) FROM order_view WHERE status = 'ORDER_STATUS_CONFIRMED'",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("count");
+    assert_eq!((numbers, confirmed), (2_000, 2_000));
+    let (ok, report, _) =
+        common::check::settled(&env, &[], std::time::Duration::from_secs(60)).await;
+    assert!(ok, "{report}");
+}

@@ -176,10 +176,19 @@ impl Projection {
     }
 }
 
-/// `ORD-yyyyMMdd-XXXXXXXX`: the order's creation date and the first 8 hex digits of its id.
-pub fn confirmation_number(order_id: Uuid, created_at: DateTime<Utc>) -> String {
-    let hex = order_id.simple().to_string().to_uppercase();
-    format!("ORD-{}-{}", created_at.format("%Y%m%d"), &hex[..8])
+/// Crockford's base32 alphabet: digits and capitals without I, L, O and U, so a number read out
+/// over the phone cannot be misheard as another.
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// `ORD-yyyyMMdd-XXXXXXXX`: the order's creation date and 40 random bits in Crockford base32.
+/// Random, not derived from the id: a UUIDv7's leading digits are its timestamp, which every order
+/// of the same minute shares. A UNIQUE index on the view catches the rare collision, and the
+/// transition that hit it is decided again with a fresh number.
+pub fn confirmation_number(created_at: DateTime<Utc>) -> String {
+    let suffix: String = (0..8)
+        .map(|_| char::from(CROCKFORD[fastrand::usize(..CROCKFORD.len())]))
+        .collect();
+    format!("ORD-{}-{suffix}", created_at.format("%Y%m%d"))
 }
 
 /// A row of `order_view`.
@@ -245,12 +254,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn confirmation_numbers_use_the_date_and_the_ids_first_eight_hex_digits() {
-        let id = Uuid::parse_str("0192f0c1-7d3e-7a10-8000-000000000001").expect("uuid");
+    fn confirmation_numbers_carry_the_date_and_eight_unambiguous_random_characters() {
         let at = DateTime::parse_from_rfc3339("2026-11-29T07:50:00Z")
             .expect("time")
             .with_timezone(&Utc);
-        assert_eq!(confirmation_number(id, at), "ORD-20261129-0192F0C1");
+        let numbers: std::collections::HashSet<String> =
+            (0..10_000).map(|_| confirmation_number(at)).collect();
+        // 10,000 draws from 2^40 collide with probability ~5e-5: a repeat here means no randomness.
+        assert_eq!(numbers.len(), 10_000);
+        for n in &numbers {
+            let suffix = n.strip_prefix("ORD-20261129-").expect("date prefix");
+            assert_eq!(suffix.len(), 8, "{n}");
+            assert!(suffix.bytes().all(|b| CROCKFORD.contains(&b)), "{n}");
+        }
     }
 
     #[test]

@@ -271,7 +271,7 @@ impl Plan {
         // ConfirmOrder's own event needs the order's creation date, so it is made here.
         if saga.phase == "done" && saga.failure_reason.is_empty() && step == Step::ConfirmOrder {
             events.push(OrderEvent::Confirmed {
-                confirmation_number: confirmation_number(order_id, seen.order.created_at),
+                confirmation_number: confirmation_number(seen.order.created_at),
             });
         }
         let mut projection = Projection::of(&seen.order);
@@ -390,7 +390,8 @@ impl Plan {
             .await;
         let row = match result {
             Ok(row) => row,
-            // Another writer appended to the order's stream first (optimistic concurrency).
+            // Another writer appended to the order's stream first (optimistic concurrency), or
+            // the confirmation number drawn is taken: decided again, with a fresh number.
             Err(e) if db::is_code(&e, "23505") => return Ok(Committed::Stale),
             Err(e) => return Err(db::status(e)),
         };

@@ -10,6 +10,20 @@ pub const MAX_STOCK: i64 = 1_000_000_000;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 /// Longest free-text reason.
 pub const MAX_REASON_LEN: usize = 500;
+/// `reason` made fit for any service's reason field: control characters become spaces and text
+/// beyond [`MAX_REASON_LEN`] characters is cut, ending in "…" to show it was. Reasons the saga
+/// builds from user text or a callee's message pass through this before they are stored or sent,
+/// so a compensation can never be refused for its reason.
+pub fn bounded_reason(reason: &str) -> String {
+    let clean = reason.chars().map(|c| if c.is_control() { ' ' } else { c });
+    if reason.chars().count() <= MAX_REASON_LEN {
+        return clean.collect();
+    }
+    let mut cut: String = clean.take(MAX_REASON_LEN - 1).collect();
+    cut.push('…');
+    cut
+}
+
 /// Default and largest page of a list RPC.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
@@ -56,6 +70,20 @@ mod tests {
             http::HeaderValue::from_str(message).expect("header"),
         );
         r
+    }
+
+    #[test]
+    fn bounded_reasons_fit_the_limit_and_say_when_they_were_cut() {
+        assert_eq!(bounded_reason("out of stock"), "out of stock");
+        assert_eq!(bounded_reason("line\nbreak"), "line break");
+        let exact = "é".repeat(MAX_REASON_LEN);
+        assert_eq!(bounded_reason(&exact), exact);
+        let long = format!("cancelled by request: {}", "x".repeat(488));
+        let bounded = bounded_reason(&long);
+        assert_eq!(bounded.chars().count(), MAX_REASON_LEN);
+        assert!(bounded.starts_with("cancelled by request: xxx"));
+        assert!(bounded.ends_with("x…"));
+        assert!(crate::domain::parse_text(&bounded, MAX_REASON_LEN).is_ok());
     }
 
     #[test]

@@ -81,6 +81,15 @@ impl Violations {
     }
 }
 
+/// FAILED_PRECONDITION with a `google.rpc.PreconditionFailure` detail: the request is well formed,
+/// but the state of `subject` (e.g. an order id) does not allow it. `kind` names the state checked
+/// (e.g. `ORDER_STATUS`), `description` says what it is and what to do.
+pub fn precondition_failed(kind: &str, subject: &str, description: String) -> Status {
+    let mut details = ErrorDetails::new();
+    details.add_precondition_failure_violation(kind, subject, description.clone());
+    Status::with_error_details(Code::FailedPrecondition, description, details)
+}
+
 /// Checks the lines of an order or reservation: 1 to [`MAX_LINES`], valid SKUs and quantities,
 /// each SKU at most once. Returns the parsed lines when all are valid.
 pub fn lines<'a>(

@@ -123,8 +123,17 @@ async fn a_laptop_and_two_mice_are_confirmed_with_stock_payment_label_and_one_no
     );
     assert_eq!(seen.first(), Some(&OrderStatus::Pending));
     let date = chrono::Utc::now().format("%Y%m%d").to_string();
-    let prefix = created.order_id.replace('-', "")[..8].to_uppercase();
-    assert_eq!(done.confirmation_number, format!("ORD-{date}-{prefix}"));
+    let suffix = done
+        .confirmation_number
+        .strip_prefix(&format!("ORD-{date}-"))
+        .unwrap_or_else(|| panic!("{} is ORD-{date}-…", done.confirmation_number));
+    assert!(
+        suffix.len() == 8
+            && suffix
+                .bytes()
+                .all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b)),
+        "eight Crockford base32 characters: {suffix}"
+    );
     assert!(done.tracking_number.starts_with("OM"));
 
     assert_eq!(item(&mut inventory, "LAPTOP").await, (9, 0, 1));
@@ -509,4 +518,129 @@ async fn cancelling_an_order_mid_saga_compensates_it_with_the_given_reason() {
         .await,
         0
     );
+}
+
+/// Polls GetOrder until the order shows `status`.
+async fn wait_for_status(
+    client: &mut OrderServiceClient<Channel>,
+    order_id: &str,
+    status: OrderStatus,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let order = client
+            .get_order(GetOrderRequest {
+                order_id: order_id.into(),
+            })
+            .await
+            .expect("get order")
+            .into_inner()
+            .order
+            .expect("order");
+        if order.status() == status {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "order {order_id} never reached {status:?}; it is {:?}",
+            order.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The longest reason CancelOrder accepts (488 characters once trimmed of nothing) becomes a
+/// 510-character saga reason with its prefix: it must still fit every compensation's limit at
+/// every step, or the stock stays held and the money taken.
+#[tokio::test]
+async fn a_cancel_with_the_longest_reason_compensates_at_every_step_and_a_confirmed_order_refuses_it()
+ {
+    let env = TestEnv::new();
+    let settings = [
+        ("ORDERMESH_SAGA__RETRY_BACKOFF", "300ms"),
+        ("ORDERMESH_CLIENT__TIMEOUT", "1s"),
+    ];
+    let mut mesh = env.start_mesh_with(&settings).await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "MOUSE", 5).await;
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+    let payments = env.db(ServiceName::Payment).await;
+    let long_reason = "r".repeat(488);
+    for (down, held_at) in [
+        (ServiceName::Inventory, OrderStatus::Pending),
+        (ServiceName::Payment, OrderStatus::InventoryReserved),
+        (ServiceName::Shipping, OrderStatus::PaymentProcessed),
+    ] {
+        let addr = mesh.get(down).grpc_addr;
+        mesh.kill(down);
+        let created = place(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa").await;
+        wait_for_status(&mut orders, &created.order_id, held_at).await;
+        let cancelled = orders
+            .cancel_order(ordermesh::proto::order::CancelOrderRequest {
+                order_id: created.order_id.clone(),
+                reason: long_reason.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("cancel with {down} down: {e}"))
+            .into_inner()
+            .order
+            .expect("order");
+        assert_eq!(cancelled.status(), OrderStatus::Compensating, "{down} down");
+        mesh.restart(&env, down, addr).await;
+        let (_, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
+        assert_eq!(
+            done.status(),
+            OrderStatus::Cancelled,
+            "{down} down: {done:?}"
+        );
+        assert_eq!(done.failure_reason.chars().count(), 500, "{down} down");
+        assert!(done.failure_reason.starts_with("cancelled by request: rrr"));
+        assert!(done.failure_reason.ends_with('…'));
+        let mut inventory =
+            InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+        assert_eq!(
+            item(&mut inventory, "MOUSE").await,
+            (5, 0, 0),
+            "{down} down"
+        );
+        let unrefunded = scalar(
+            &payments,
+            "SELECT count(*) FROM payments WHERE order_id = $1 AND status <> 'PAYMENT_STATUS_DECLINED' AND refunded_minor <> amount_minor",
+            &created.order_id,
+        )
+        .await;
+        assert_eq!(unrefunded, 0, "{down} down: a charge was not refunded");
+    }
+    let charged_and_refunded = sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM payments WHERE refunded_minor = amount_minor AND amount_minor > 0",
+    )
+    .fetch_one(&payments)
+    .await
+    .expect("count");
+    assert_eq!(
+        charged_and_refunded, 1,
+        "the order held at shipping was charged, then refunded"
+    );
+
+    // A confirmed order cannot be cancelled: FAILED_PRECONDITION naming its real status.
+    let created = place(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa").await;
+    let (_, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
+    assert_eq!(done.status(), OrderStatus::Confirmed);
+    let refused = orders
+        .cancel_order(ordermesh::proto::order::CancelOrderRequest {
+            order_id: created.order_id.clone(),
+            reason: "too late".into(),
+        })
+        .await
+        .expect_err("a confirmed order is not cancelled");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("is CONFIRMED"),
+        "{}",
+        refused.message()
+    );
+
+    let (ok, report, _) = common::check::settled(&env, &[], WAIT).await;
+    assert!(ok, "{report}");
 }

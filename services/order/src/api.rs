@@ -4,11 +4,13 @@ use std::pin::Pin;
 
 use futures::Stream;
 use ordermesh::{
+    limits::bounded_reason,
     proto::{
         common::PageResponse,
         order::{order_service_server::OrderService, *},
     },
     ready::Ready,
+    validation,
 };
 use tonic::{Request, Response, Status};
 
@@ -21,6 +23,15 @@ use crate::{
     },
     store, validate,
 };
+
+/// Reads and compare-and-set writes a cancel tries before giving up (see `cancel_order`).
+const CANCEL_ATTEMPTS: usize = 5;
+
+/// Whether a saga at `step` can still be cancelled: a forward step before ConfirmOrder, which
+/// commits the stock and is never undone.
+fn cancellable(step: Step) -> bool {
+    !step.spec().compensation && step != Step::ConfirmOrder
+}
 
 #[derive(Clone)]
 pub struct Orders {
@@ -101,31 +112,40 @@ impl OrderService for Orders {
         let r = request.get_ref();
         let order_id = validate::cancel_order(r)?;
         let deps = self.deps.get()?;
-        let seen = transition::snapshot(&deps.pool, order_id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no order {order_id}")))?;
-        match seen.saga.current {
-            Some(step) if !step.spec().compensation && step != Step::ConfirmOrder => {
-                let reason = format!("cancelled by request: {}", r.reason);
-                transition::advance_from(
-                    &deps.pool,
-                    &deps.saga,
-                    seen,
-                    step,
-                    Outcome::Cancelled(reason),
-                    transition::Attempt::NONE,
-                )
-                .await?;
+        let not_found = || Status::not_found(format!("no order {order_id}"));
+        let reason = bounded_reason(&format!("cancelled by request: {}", r.reason));
+        // A step may finish between the read and the write; then look again (a few times: each
+        // miss means the saga moved one step on, and there are only four).
+        for _ in 0..CANCEL_ATTEMPTS {
+            let seen = transition::snapshot(&deps.pool, order_id)
+                .await?
+                .ok_or_else(not_found)?;
+            let Some(step) = seen.saga.current.filter(|s| cancellable(*s)) else {
+                break;
+            };
+            let outcome = Outcome::Cancelled(reason.clone());
+            let none = transition::Attempt::NONE;
+            if transition::advance_from(&deps.pool, &deps.saga, seen, step, outcome, none).await? {
+                break;
             }
-            Some(Step::ConfirmOrder) => {
-                return Err(Status::failed_precondition(
-                    "the order is being confirmed and can no longer be cancelled",
-                ));
-            }
-            _ => {} // already compensating or finished: nothing to do
         }
-        let order = store::get(&deps.pool, order_id).await?;
-        Ok(Response::new(CancelOrderResponse { order }))
+        let order = store::get(&deps.pool, order_id)
+            .await?
+            .ok_or_else(not_found)?;
+        match order.status() {
+            // Being undone or undone: what the caller asked for (also when a failure got there first).
+            OrderStatus::Compensating | OrderStatus::Cancelled => {
+                Ok(Response::new(CancelOrderResponse { order: Some(order) }))
+            }
+            status => Err(validation::precondition_failed(
+                "ORDER_STATUS",
+                &order.order_id,
+                format!(
+                    "order {order_id} is {} and can no longer be cancelled",
+                    status.as_str_name().trim_start_matches("ORDER_STATUS_")
+                ),
+            )),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]

@@ -10,6 +10,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use ordermesh::{
     client::Propagate,
     events::dead_letter,
+    limits::bounded_reason,
     proto::{
         common::Address,
         inventory::{
@@ -385,38 +386,32 @@ impl Worker {
                 let request = ReleaseRequest {
                     idempotency_key: key.into(),
                     order_id,
-                    reason: reason.into(),
+                    reason: bounded_reason(reason),
                 };
-                compensated(classify(call!(
-                    c,
-                    inventory,
-                    c.inventory.clone(),
-                    release,
-                    request
-                ))?)
+                undone(call!(c, inventory, c.inventory.clone(), release, request))
             }
             Step::RefundPayment => {
                 let request = RefundRequest {
                     idempotency_key: key.into(),
                     order_id,
                     amount: None,
-                    reason: reason.into(),
+                    reason: bounded_reason(reason),
                 };
-                compensated(classify(call!(c, payment, c.payment(), refund, request))?)
+                undone(call!(c, payment, c.payment(), refund, request))
             }
             Step::CancelLabel => {
                 let request = CancelLabelRequest {
                     idempotency_key: key.into(),
                     order_id,
-                    reason: reason.into(),
+                    reason: bounded_reason(reason),
                 };
-                compensated(classify(call!(
+                undone(call!(
                     c,
                     shipping,
                     c.shipping.clone(),
                     cancel_label,
                     request
-                ))?)
+                ))
             }
         }
     }
@@ -493,11 +488,15 @@ fn classify<T>(result: Result<tonic::Response<T>, Status>) -> Result<Result<T, S
     }
 }
 
-fn compensated<T>(answer: Result<T, String>) -> Result<Outcome, Retry> {
-    Ok(match answer {
-        Ok(_) => Outcome::Succeeded(None),
-        Err(reason) => Outcome::Rejected(reason),
-    })
+/// A compensation's answer. Compensations are idempotent and always possible (undoing what never
+/// happened leaves a tombstone that refuses a late effect), so no error means "nothing to undo":
+/// INVALID_ARGUMENT, PERMISSION_DENIED, UNIMPLEMENTED (an RBAC or routing glitch in a mesh) or a
+/// key reused for another request are faults like any other — retried, then dead-lettered with
+/// the saga parked at this compensation for `ordermesh dlq redrive`, never skipped.
+fn undone<T>(result: Result<tonic::Response<T>, Status>) -> Result<Outcome, Retry> {
+    result
+        .map(|_| Outcome::Succeeded(None))
+        .map_err(Retry::from)
 }
 
 /// Fires durable timeouts: each message waits (a delayed NAK) until due, then fails its step

@@ -8,6 +8,7 @@ use chrono::Utc;
 use ordermesh::{
     db,
     events::{OrderOutcome, OutcomeKind},
+    limits::bounded_reason,
     proto::order::{SagaStep, StepStatus},
     time::to_proto,
 };
@@ -241,6 +242,8 @@ pub fn decide(saga: &Saga, step: Step, outcome: Outcome) -> Option<Decision> {
     let mut next = None;
     let mut step_error = None;
     let mut fail_forward = |saga: &mut Saga, reason: String, effect_unknown: bool| {
+        // Stored, shown and sent with every compensation: it must fit every callee's limit.
+        let reason = bounded_reason(&reason);
         step_error = Some(reason.clone());
         events.push(OrderEvent::CompensationStarted {
             failed_step: step.name().into(),
@@ -292,7 +295,10 @@ pub fn decide(saga: &Saga, step: Step, outcome: Outcome) -> Option<Decision> {
         (true, Outcome::TimedOut(_) | Outcome::Cancelled(_)) => return None,
         (true, Outcome::Rejected(reason) | Outcome::GaveUp(reason)) => {
             step_error = Some(reason.clone());
-            let reason = format!("compensation {} could not finish: {reason}", step.name());
+            let reason = bounded_reason(&format!(
+                "compensation {} could not finish: {reason}",
+                step.name()
+            ));
             events.push(OrderEvent::Failed {
                 reason: reason.clone(),
             });

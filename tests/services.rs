@@ -294,6 +294,20 @@ async fn payments_charge_once_decline_the_test_token_and_never_refund_more_than_
         .await
         .expect_err("over-refund");
     assert_eq!(too_much.code(), Code::FailedPrecondition);
+    let euros = RefundRequest {
+        amount: Some(Money {
+            currency_code: "EUR".into(),
+            amount_minor: 1_000,
+        }),
+        ..refund(order, "refund-eur", None)
+    };
+    let wrong_currency = c.refund(euros).await.expect_err("refund in euros");
+    assert_eq!(wrong_currency.code(), Code::FailedPrecondition);
+    assert!(
+        wrong_currency.message().contains("charge made in USD"),
+        "{}",
+        wrong_currency.message()
+    );
     let rest = c
         .refund(refund(order, "refund-3", None))
         .await

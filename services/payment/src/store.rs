@@ -194,14 +194,14 @@ pub async fn charge(
     Ok(response)
 }
 
-/// Refunds `amount_minor` (or everything left, when `None`) of the order's charge. Never refunds
-/// more than was charged; with no charge, blocks the order against a late one.
+/// Refunds `amount` (or everything left, when `None`) of the order's charge. Never refunds more
+/// than was charged, nor in another currency; with no charge, blocks the order against a late one.
 pub async fn refund(
     pool: &PgPool,
     key: &str,
     request: &impl prost::Message,
     order_id: Uuid,
-    amount_minor: Option<i64>,
+    amount: Option<ordermesh::domain::Money>,
     reason: &str,
 ) -> Result<RefundResponse, Status> {
     let mut tx = pool.begin().await.map_err(db::status)?;
@@ -226,6 +226,22 @@ pub async fn refund(
         tx.commit().await.map_err(db::status)?;
         return Ok(response);
     };
+    if let Some(asked) = amount
+        && asked.currency.as_str() != payment.currency
+    {
+        // Returning drops the transaction: the key is not claimed, nothing changes.
+        return Err(ordermesh::validation::precondition_failed(
+            "PAYMENT_CURRENCY",
+            &order_id.to_string(),
+            format!(
+                "refund in {} of a charge made in {}; ask in {}",
+                asked.currency.as_str(),
+                payment.currency,
+                payment.currency
+            ),
+        ));
+    }
+    let amount_minor = amount.map(|m| m.minor);
     let charged = payment.status != PaymentStatus::Declined.as_str_name();
     let left = if charged {
         payment.amount_minor - payment.refunded_minor

@@ -26,15 +26,14 @@ pub fn charge(r: &ChargeRequest) -> Result<(Keyed, Money), Status> {
     v.finish(keyed.zip(amount))
 }
 
-/// The key and order, and the amount to refund in minor units (`None`: everything charged).
-pub fn refund(r: &RefundRequest) -> Result<(Keyed, Option<i64>), Status> {
+/// The key and order, and the amount to refund (`None`: everything charged). Its currency is
+/// checked against the charge's by the store, which knows it.
+pub fn refund(r: &RefundRequest) -> Result<(Keyed, Option<Money>), Status> {
     let mut v = Violations::new();
     let keyed = validation::keyed(&mut v, &r.idempotency_key, &r.order_id);
     let amount = match &r.amount {
         None => Some(None),
-        Some(m) => v
-            .parse("amount", Money::parse(Some(m)))
-            .map(|m| Some(m.minor)),
+        Some(m) => v.parse("amount", Money::parse(Some(m))).map(Some),
     };
     v.parse("reason", parse_text(&r.reason, MAX_REASON_LEN));
     v.finish(keyed.zip(amount))

@@ -21,7 +21,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use super::{TestEnv, binary, free_port, saga};
+use super::{TestEnv, free_port, saga};
 
 // --- processes the test owns ------------------------------------------------------------------
 
@@ -665,17 +665,13 @@ pub async fn settle(
         .count() as u64;
     // The invariants may need a moment longer than the orders: a notification whose delivery
     // was cut by a reset comes again only after its consumer's ack wait (30 s). Late is fine;
-    // lost is not: a violation still there after a minute fails the scenario.
-    let consistent_by = Instant::now() + Duration::from_secs(60);
-    let mut waited = false;
-    let (report, violations) = loop {
-        let (report, violations) = check(env, check_env);
-        if violations == 0 || Instant::now() > consistent_by {
-            break (report, violations);
-        }
-        waited = true;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    // lost is not: a violation still there after a minute fails the scenario, and one of an
+    // invariant that holds at every instant (a double charge, an event gap) fails it at once.
+    let (_, report, waited) = super::check::settled(env, check_env, Duration::from_secs(60)).await;
+    let violations = super::check::broken(&report)
+        .iter()
+        .map(|(_, _, offenders)| offenders.len() as u64)
+        .sum();
     if waited && violations == 0 {
         recovered = recovered.max(std::time::SystemTime::now());
     }
@@ -698,29 +694,6 @@ pub async fn settle(
     };
     record(&verdict);
     verdict
-}
-
-/// Runs `ordermesh check` over the test's databases: its report and the number of offenders.
-fn check(env: &TestEnv, check_env: &[(String, String)]) -> (serde_json::Value, u64) {
-    let check = std::process::Command::new(binary("ordermesh"))
-        .args(["check", "--settle", "0s", "--json"])
-        .envs(env.env())
-        .envs(check_env.iter().cloned())
-        .output()
-        .expect("run ordermesh check");
-    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ordermesh check: {e}: {}",
-            String::from_utf8_lossy(&check.stderr)
-        )
-    });
-    let violations = report["invariants"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| i["offenders"].as_array().map_or(0, |o| o.len() as u64))
-        .sum();
-    (report, violations)
 }
 
 /// Appends the verdict to `target/chaos/results.jsonl` (read by `make chaos` for its table).

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod check;
 pub mod saga;
 
 use std::{

@@ -68,6 +68,29 @@ impl Cache {
         cache
     }
 
+    /// Connects before returning, for a maintenance command that must reach Redis now (to evict
+    /// what it changed) rather than in the background. When Redis cannot be reached, says so on
+    /// stderr and returns a cache that does nothing: copies it holds expire with their TTL.
+    pub async fn connect_now(settings: &RedisSettings, namespace: &str) -> Cache {
+        let cache = Cache {
+            connection: Arc::new(OnceLock::new()),
+            prefix: format!("{namespace}:"),
+        };
+        if settings.url.is_empty() {
+            return cache;
+        }
+        match open(&settings.url).await {
+            Ok(connection) => {
+                let _ = cache.connection.set(connection);
+            }
+            Err(error) => eprintln!(
+                "warning: redis unreachable ({error}); cached orders are not evicted and may show \
+                 their old view until they expire"
+            ),
+        }
+        cache
+    }
+
     /// The cached value of `key`, or `None` on a miss or any failure.
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
         let mut connection = self.connection.get()?.clone();

@@ -6,7 +6,8 @@ use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectionsCommand {
-    /// Replay every order's events into a fresh `order_view` (in one transaction).
+    /// Replay every order's events into `order_view`, in batches, while the mesh keeps serving;
+    /// evicts the cached copy of every order whose row changed.
     Rebuild,
 }
 

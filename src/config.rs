@@ -99,6 +99,7 @@ pub struct Settings {
     pub client: ClientSettings,
     pub server: ServerSettings,
     pub shutdown: ShutdownSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
     /// `local` (default): the platform's tower layers apply timeouts, retries and limits.
     /// `istio`: the sidecar does, so in-process retries are off and never stack.
@@ -239,6 +240,23 @@ pub struct ShutdownSettings {
     pub drain_timeout: Duration,
 }
 
+/// How long bookkeeping rows that only guard against repeats (idempotency keys and their stored
+/// responses) are kept, and how they are pruned (see `ordermesh::retention`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetentionSettings {
+    /// A retry with the same idempotency key inside this window gets the stored answer; after
+    /// it, the key is a new request. Keep it longer than any client or saga retries (the saga's
+    /// step deadlines are minutes). `ORDERMESH_RETENTION__KEEP`, default `7days`.
+    #[serde(with = "humantime_serde")]
+    pub keep: Duration,
+    /// How often expired rows are pruned. `ORDERMESH_RETENTION__EVERY`, default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    /// Rows deleted per statement (one short transaction each).
+    /// `ORDERMESH_RETENTION__BATCH`, default 1000.
+    pub batch: u32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogSettings {
     /// `json` (default; one object per line) or `pretty`. `ORDERMESH_LOG__FORMAT`.
@@ -297,6 +315,11 @@ impl Settings {
                 max_request_duration: Duration::from_secs(30),
                 max_concurrent_streams: 256,
                 max_in_flight_per_client: default_in_flight_per_client(),
+            },
+            retention: RetentionSettings {
+                keep: Duration::from_secs(7 * 24 * 3600),
+                every: Duration::from_secs(600),
+                batch: 1000,
             },
             shutdown: ShutdownSettings {
                 delay: Duration::ZERO,
@@ -372,6 +395,14 @@ impl Settings {
         {
             return Err(ConfigError(format!(
                 "ORDERMESH_WORKER_THREADS={n}: use 1-{MAX_WORKER_THREADS}, or leave it unset for one per core"
+            )));
+        }
+        let r = &self.retention;
+        if r.keep.is_zero() || r.every.is_zero() || !(1..=100_000).contains(&r.batch) {
+            return Err(ConfigError(format!(
+                "ORDERMESH_RETENTION__KEEP / __EVERY / __BATCH = {:?} / {:?} / {}: durations must be \
+                 above zero and the batch 1-100000",
+                r.keep, r.every, r.batch
             )));
         }
         Ok(())
@@ -559,6 +590,24 @@ mod tests {
                 error.contains("ORDERMESH_WORKER_THREADS=0: use 1-256"),
                 "{error}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn retention_is_read_from_the_environment_and_a_zero_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(ServiceName::Payment).map_err(|e| e.to_string())?;
+            assert_eq!(s.retention.keep, Duration::from_secs(7 * 24 * 3600));
+            jail.set_env("ORDERMESH_RETENTION__KEEP", "30days");
+            let s = Settings::load(ServiceName::Payment).map_err(|e| e.to_string())?;
+            assert_eq!(s.retention.keep, Duration::from_secs(30 * 24 * 3600));
+            jail.set_env("ORDERMESH_RETENTION__EVERY", "0s");
+            let error = Settings::load(ServiceName::Payment)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.contains("ORDERMESH_RETENTION__KEEP"), "{error}");
             Ok(())
         });
     }

@@ -19,6 +19,7 @@ pub mod nats;
 pub mod proto;
 pub mod ready;
 pub mod resilience;
+pub mod retention;
 pub mod server;
 pub mod signal;
 pub mod startup;

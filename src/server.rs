@@ -186,16 +186,26 @@ impl Host {
     }
 
     /// [`Host::serve`] for a service whose handlers need only its own database: start-up creates
-    /// and migrates it (waiting while PostgreSQL is down) and hands the pool to the handlers.
+    /// and migrates it (waiting while PostgreSQL is down), starts pruning its `expiring` tables
+    /// (see [`crate::retention`]) and hands the pool to the handlers.
     pub async fn serve_with_database(
         self,
         migrator: &'static sqlx::migrate::Migrator,
+        expiring: &'static [crate::retention::Expiring],
         pool: crate::ready::Ready<sqlx::PgPool>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let settings = self.settings.clone();
+        let background = self.background.clone();
         let start = async move {
-            pool.set(crate::startup::database(&settings, migrator).await?);
+            let db = crate::startup::database(&settings, migrator).await?;
+            background.spawn(crate::retention::run(
+                db.clone(),
+                expiring,
+                settings.retention.clone(),
+                background.token(),
+            ));
+            pool.set(db);
             Ok(())
         };
         self.serve(start, shutdown).await

@@ -678,3 +678,81 @@ async fn each_outcome_event_is_notified_once_however_often_and_however_batched_i
         }
     }
 }
+
+/// Idempotency keys older than the retention are pruned in batches; fresher ones stay and a
+/// retry with one still gets the stored answer.
+#[tokio::test]
+async fn expired_idempotency_keys_are_pruned_and_fresh_ones_still_answer_retries() {
+    let env = TestEnv::new();
+    let settings = [
+        ("ORDERMESH_RETENTION__KEEP", "1h"),
+        ("ORDERMESH_RETENTION__EVERY", "200ms"),
+        ("ORDERMESH_RETENTION__BATCH", "2"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let payment = env.spawn(ServiceName::Payment, &settings).await;
+    payment.wait_serving().await;
+    let mut c = PaymentServiceClient::new(payment.channel().await);
+    let orders: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    let mut paid = Vec::new();
+    for order in &orders {
+        let p = c
+            .charge(charge(*order, 1_000, "tok_visa"))
+            .await
+            .expect("charge")
+            .into_inner()
+            .payment
+            .expect("payment");
+        paid.push(p.payment_id);
+    }
+    let db = env.db(ServiceName::Payment).await;
+    // Three keys from two hours ago: past the one-hour retention.
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '2 hours' WHERE key = ANY($1)",
+    )
+    .bind(
+        orders[..3]
+            .iter()
+            .map(|o| format!("{o}:process-payment"))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&db)
+    .await
+    .expect("age keys");
+    let mut left: Vec<String> = Vec::new();
+    for _ in 0..150 {
+        left = sqlx::query_scalar("SELECT key FROM idempotency_keys ORDER BY key")
+            .fetch_all(&db)
+            .await
+            .expect("keys");
+        if left.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut fresh: Vec<String> = orders[3..]
+        .iter()
+        .map(|o| format!("{o}:process-payment"))
+        .collect();
+    fresh.sort();
+    assert_eq!(left, fresh, "only the expired keys are pruned");
+    let replay = c
+        .charge(charge(orders[4], 1_000, "tok_visa"))
+        .await
+        .expect("retry inside the window")
+        .into_inner()
+        .payment
+        .expect("payment");
+    assert_eq!(
+        replay.payment_id, paid[4],
+        "answered from the stored response"
+    );
+    let metrics = common::http_get(payment.admin_addr, "/metrics")
+        .await
+        .expect("metrics")
+        .1;
+    assert!(
+        metrics.contains("retention_pruned_rows_total{table=\"idempotency_keys\"} 3"),
+        "{metrics}"
+    );
+}

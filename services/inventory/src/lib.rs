@@ -31,5 +31,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     );
     let background = host.background();
     background.spawn(metrics::sample_stock(pool.clone(), background.token()));
-    host.serve_with_database(&MIGRATOR, pool, shutdown).await
+    host.serve_with_database(
+        &MIGRATOR,
+        &[ordermesh::retention::IDEMPOTENCY_KEYS],
+        pool,
+        shutdown,
+    )
+    .await
 }

@@ -210,6 +210,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             background.token(),
         ));
         background.spawn(executor::run_timeouts(worker, timeouts, background.token()));
+        background.spawn(ordermesh::retention::run(
+            pool.clone(),
+            &[ordermesh::retention::IDEMPOTENCY_KEYS],
+            settings.retention.clone(),
+            background.token(),
+        ));
         background.spawn(saga::census::run(
             pool.clone(),
             nats.jetstream.clone(),

@@ -58,5 +58,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         version = payment.version.as_str(),
         "payment processor behaviour"
     );
-    host.serve_with_database(&MIGRATOR, pool, shutdown).await
+    host.serve_with_database(
+        &MIGRATOR,
+        &[ordermesh::retention::IDEMPOTENCY_KEYS],
+        pool,
+        shutdown,
+    )
+    .await
 }

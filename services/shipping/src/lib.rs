@@ -28,5 +28,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         ShippingServiceServer::new(api::Shipping::new(pool.clone()))
             .max_decoding_message_size(max_message),
     );
-    host.serve_with_database(&MIGRATOR, pool, shutdown).await
+    host.serve_with_database(
+        &MIGRATOR,
+        &[ordermesh::retention::IDEMPOTENCY_KEYS],
+        pool,
+        shutdown,
+    )
+    .await
 }

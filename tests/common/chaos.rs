@@ -21,6 +21,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use ordermesh::config::ServiceName;
+
 use super::{TestEnv, free_port, saga};
 
 // --- processes the test owns ------------------------------------------------------------------
@@ -586,7 +588,54 @@ pub struct Verdict {
     /// if `ordermesh check` first found something missing, until it found nothing (0 when all
     /// was done by the time the fault ended).
     pub recovery_s: f64,
+    /// Seconds from each finished order's last change to its notification: the slowest, and
+    /// how many took longer than [`LATE`] (late is allowed; missing is a violation).
+    pub notification_delay_max_s: f64,
+    pub notifications_late: u64,
     pub check_report: serde_json::Value,
+}
+
+/// A notification this long after its order finished counts as late in the verdict.
+pub const LATE: Duration = Duration::from_secs(5);
+
+/// Delay from each finished order's last change to its (first) notification, in seconds, read
+/// from the order and notification databases (one PostgreSQL server, so one clock).
+async fn notification_delays(env: &TestEnv, check_env: &[(String, String)]) -> Vec<f64> {
+    let server = check_env
+        .iter()
+        .find(|(k, _)| k == "ORDERMESH_DATABASE__URL")
+        .map_or(super::PG_URL.to_string(), |(_, v)| v.clone());
+    let connect = |service: ServiceName| {
+        let url = format!("{server}/{}_{service}", env.namespace);
+        async move { sqlx::PgPool::connect(&url).await }
+    };
+    let (Ok(orders), Ok(notifications)) = (
+        connect(ServiceName::Order).await,
+        connect(ServiceName::Notification).await,
+    ) else {
+        return Vec::new();
+    };
+    let finished: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT order_id, updated_at FROM order_view
+         WHERE status IN ('ORDER_STATUS_CONFIRMED', 'ORDER_STATUS_CANCELLED', 'ORDER_STATUS_FAILED')",
+    )
+    .fetch_all(&orders)
+    .await
+    .unwrap_or_default();
+    let sent: std::collections::HashMap<uuid::Uuid, chrono::DateTime<chrono::Utc>> =
+        sqlx::query_as("SELECT order_id, min(sent_at) FROM notifications GROUP BY order_id")
+            .fetch_all(&notifications)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+    finished
+        .iter()
+        .filter_map(|(id, done)| {
+            sent.get(id)
+                .map(|at| (*at - *done).as_seconds_f64().max(0.0))
+        })
+        .collect()
 }
 
 impl Verdict {
@@ -675,7 +724,10 @@ pub async fn settle(
     if waited && violations == 0 {
         recovered = recovered.max(std::time::SystemTime::now());
     }
+    let delays = notification_delays(env, check_env).await;
     let verdict = Verdict {
+        notification_delay_max_s: delays.iter().copied().fold(0.0, f64::max),
+        notifications_late: delays.iter().filter(|d| **d > LATE.as_secs_f64()).count() as u64,
         scenario: scenario.to_string(),
         sent: sent.sent,
         confirmed: count(OrderStatus::Confirmed),
@@ -713,7 +765,7 @@ fn record(verdict: &Verdict) {
         let _ = writeln!(f, "{line}");
     }
     println!(
-        "chaos {}: sent {} confirmed {} cancelled {} failed {} stuck {} violations {} recovery {:.1}s",
+        "chaos {}: sent {} confirmed {} cancelled {} failed {} stuck {} violations {} recovery {:.1}s notification delay max {:.1}s late {}",
         verdict.scenario,
         verdict.sent,
         verdict.confirmed,
@@ -721,7 +773,9 @@ fn record(verdict: &Verdict) {
         verdict.failed,
         verdict.stuck,
         verdict.violations,
-        verdict.recovery_s
+        verdict.recovery_s,
+        verdict.notification_delay_max_s,
+        verdict.notifications_late
     );
 }
 

@@ -78,7 +78,7 @@ async fn a_dead_lettered_step_parks_its_saga_until_redrive_completes_it_once() {
     // A message nobody can decode goes to the dead-letter stream as it is.
     let client = async_nats::connect(common::nats_url()).await.expect("nats");
     let js = async_nats::jetstream::new(client);
-    let subject = format!("{}.saga.step.reserve-inventory", env.namespace);
+    let subject = format!("{}.saga.run", env.namespace);
     js.publish(subject, "{not json".into())
         .await
         .expect("publish")

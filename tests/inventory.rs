@@ -293,7 +293,7 @@ async fn concurrent_commits_and_releases_sharing_skus_each_happen_once_and_conse
 }
 
 #[tokio::test]
-async fn a_replica_that_reserved_does_not_settle_a_reservation_another_replica_settled() {
+async fn a_replica_that_reserved_settles_what_another_replica_left_not_what_it_remembers() {
     // Two replicas on one database: each remembers the reservations it made, and that memory
     // must lose to what the other replica did since.
     let env = TestEnv::new();
@@ -352,15 +352,25 @@ async fn a_replica_that_reserved_does_not_settle_a_reservation_another_replica_s
         .await
         .expect("release of a committed reservation answers")
         .into_inner();
+    // The saga releases a committed reservation only when it cancels the order after all
+    // (ConfirmOrder past its deadline): the stock goes back, whatever replica A remembered.
     assert!(
-        !late_release.released,
-        "a shipped order's stock stays committed"
+        late_release.released,
+        "a cancelled order's stock comes back"
     );
     assert_eq!(
         late_release.reservation.map(|r| r.status),
-        Some(ReservationStatus::Committed as i32)
+        Some(ReservationStatus::Released as i32)
     );
+    let late_commit = a
+        .commit(CommitRequest {
+            idempotency_key: format!("{committed}:commit-again"),
+            order_id: committed.to_string(),
+        })
+        .await
+        .expect_err("commit of a returned reservation");
+    assert_eq!(late_commit.code(), Code::FailedPrecondition);
 
     let lamp = item(&mut a, "LAMP").await;
-    assert_eq!((lamp.available, lamp.reserved, lamp.committed), (7, 0, 3));
+    assert_eq!((lamp.available, lamp.reserved, lamp.committed), (10, 0, 0));
 }

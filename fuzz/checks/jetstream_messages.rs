@@ -1,5 +1,5 @@
 //! What the saga and the notification service do with a JetStream message before touching a
-//! database: decode the payload (a step or timeout message, or an order outcome event) and
+//! database: decode the payload (a run ticket, or an order outcome event) and
 //! adopt the request id, version, baggage and trace parent from its headers. The input is split
 //! at the first 0xFF byte: payload, then header values separated by newlines. Never a panic;
 //! a decoded message re-encodes to one that decodes equal; any error text can become the
@@ -11,7 +11,7 @@ use ordermesh::{
     context,
     events::{OrderOutcome, dead_letter},
 };
-use ordermesh_order::saga::messages::StepMessage;
+use ordermesh_order::saga::messages::RunTicket;
 
 const HEADERS: [&str; 5] = [
     "x-request-id",
@@ -31,11 +31,11 @@ pub fn check(data: &[u8]) {
         None => (data, &[][..]),
     };
 
-    if let Ok(step) = serde_json::from_slice::<StepMessage>(payload) {
-        let again = serde_json::to_vec(&step).expect("a decoded step message encodes");
+    if let Ok(ticket) = serde_json::from_slice::<RunTicket>(payload) {
+        let again = serde_json::to_vec(&ticket).expect("a decoded run ticket encodes");
         assert_eq!(
-            serde_json::from_slice::<StepMessage>(&again).ok(),
-            Some(step)
+            serde_json::from_slice::<RunTicket>(&again).ok(),
+            Some(ticket)
         );
     }
     if let Ok(event) = serde_json::from_slice::<OrderOutcome>(payload) {

@@ -312,8 +312,10 @@ const RESERVE_SQL: &str = "WITH existing AS (
             coalesce((SELECT array_agg(sku ORDER BY sku) FROM stock), '{}') AS skus,
             coalesce((SELECT array_agg(available ORDER BY sku) FROM stock), '{}') AS available";
 
-/// Returns an order's reserved stock to available. With no reservation, records a released
-/// one without lines so that a late Reserve of the same order is refused. Like [`commit`]: a
+/// Returns an order's stock to available, reserved or committed: the saga releases when it
+/// compensates, also after a ConfirmOrder whose commit may have happened before its deadline
+/// passed. With no reservation, records a released one without lines so that a late Reserve
+/// of the same order is refused. Like [`commit`]: a
 /// read (skipped when `unsettled` holds the reservation), then one statement that claims the
 /// key with the response and makes the change.
 pub async fn release(
@@ -341,8 +343,12 @@ pub async fn release(
                 .await?
                 .ok_or_else(changed_concurrently)
         }
-        // Released or committed already: by this key (the answer stored then is replayed) or
-        // by another one.
+        Some(r) if r.status == ReservationStatus::Committed as i32 => {
+            settle(&mut conn, r, Settlement::Return, key, &hash, response)
+                .await?
+                .ok_or_else(changed_concurrently)
+        }
+        // Released already: by this key (the answer stored then is replayed) or another one.
         Some(r) => {
             let response = ReleaseResponse {
                 released: false,
@@ -446,18 +452,22 @@ pub async fn commit(
     }
 }
 
-/// Where a reserved reservation goes.
+/// Where a reservation goes.
 #[derive(Debug, Clone, Copy)]
 enum Settlement {
+    /// Reserved → committed.
     Commit,
+    /// Reserved → released.
     Release,
+    /// Committed → released: the order was cancelled after its stock was committed.
+    Return,
 }
 
 impl Settlement {
     fn status(self) -> ReservationStatus {
         match self {
             Settlement::Commit => ReservationStatus::Committed,
-            Settlement::Release => ReservationStatus::Released,
+            Settlement::Release | Settlement::Return => ReservationStatus::Released,
         }
     }
 
@@ -465,7 +475,15 @@ impl Settlement {
     fn column(self) -> &'static str {
         match self {
             Settlement::Commit => "committed",
-            Settlement::Release => "released",
+            Settlement::Release | Settlement::Return => "released",
+        }
+    }
+
+    /// The reservation's `status` column before.
+    fn from(self) -> &'static str {
+        match self {
+            Settlement::Commit | Settlement::Release => "reserved",
+            Settlement::Return => "committed",
         }
     }
 
@@ -474,14 +492,15 @@ impl Settlement {
         match self {
             Settlement::Commit => (0, -1, 1),
             Settlement::Release => (1, -1, 0),
+            Settlement::Return => (1, 0, -1),
         }
     }
 }
 
-/// Commits or releases `reservation` (read or remembered as reserved) in one statement
+/// Settles `reservation` (read or remembered in the status `to` starts from) in one statement
 /// ([`SETTLE_SQL`]) and answers `response(the reservation afterwards)`, which the statement
 /// stores under `key`. If the key was taken meanwhile, replays that call's answer; if the
-/// reservation is no longer reserved, nothing happened: `None`.
+/// reservation is no longer in that status, nothing happened: `None`.
 async fn settle<R: prost::Message + Default>(
     conn: &mut PgConnection,
     mut reservation: Reservation,
@@ -511,6 +530,7 @@ async fn settle<R: prost::Message + Default>(
         .bind(d_available)
         .bind(d_reserved)
         .bind(d_committed)
+        .bind(to.from())
         .fetch_one(&mut *conn)
         .await
         .map_err(db::status)?;
@@ -527,14 +547,14 @@ fn changed_concurrently() -> Status {
     Status::aborted("the reservation changed concurrently; retry")
 }
 
-/// [`settle`]'s statement. `held` locks the reservation row if it is still reserved; only then
+/// [`settle`]'s statement. `held` locks the reservation row if it is still in status `$12`; only then
 /// does `claim` take the key (with the response), and only a claim locks the items in SKU
 /// order (`stock`, materialized so the locks are taken before `shift` joins it: concurrent
 /// settlements and reservations sharing SKUs cannot deadlock), sets the reservation's status
 /// and moves the stock by `$9..$11` per unit.
 const SETTLE_SQL: &str = "WITH held AS (
          SELECT reservation_id FROM reservations
-         WHERE reservation_id = $1 AND status = 'reserved' FOR UPDATE
+         WHERE reservation_id = $1 AND status = $12 FOR UPDATE
      ), claim AS (
          INSERT INTO idempotency_keys (key, request_hash, response)
          SELECT $5, $6, $7 FROM held

@@ -17,21 +17,14 @@ use tonic::{Request, Response, Status};
 use crate::{
     Deps, read_model,
     saga::{
-        definition::Step,
-        state::{self, Outcome},
-        transition,
+        decide::{Input, Phase},
+        journal::{self, Recorded},
     },
     store, validate,
 };
 
 /// Reads and compare-and-set writes a cancel tries before giving up (see `cancel_order`).
 const CANCEL_ATTEMPTS: usize = 5;
-
-/// Whether a saga at `step` can still be cancelled: a forward step before ConfirmOrder, which
-/// commits the stock and is never undone.
-fn cancellable(step: Step) -> bool {
-    !step.spec().compensation && step != Step::ConfirmOrder
-}
 
 #[derive(Clone)]
 pub struct Orders {
@@ -57,7 +50,7 @@ impl OrderService for Orders {
         let r = request.get_ref();
         let order = validate::create_order(r)?;
         let deps = self.deps.get()?;
-        let response = store::create(&deps.pool, &deps.saga, r, order).await?;
+        let response = store::create(&deps.journal, r, order).await?;
         if let Some(order) = &response.order {
             tracing::Span::current().record("order_id", order.order_id.as_str());
             if response.created {
@@ -114,19 +107,19 @@ impl OrderService for Orders {
         let deps = self.deps.get()?;
         let not_found = || Status::not_found(format!("no order {order_id}"));
         let reason = bounded_reason(&format!("cancelled by request: {}", r.reason));
-        // A step may finish between the read and the write; then look again (a few times: each
-        // miss means the saga moved one step on, and there are only four).
+        // The saga may move between the read and the write (its runner records a step); then
+        // look again (a few times: each miss means the saga moved on, and it has few steps).
+        // Whether a cancel applies is the saga's transition function's call: before
+        // ConfirmOrder, and not once compensating.
         for _ in 0..CANCEL_ATTEMPTS {
-            let seen = transition::snapshot(&deps.pool, order_id)
+            let seen = deps.journal.load(order_id).await?.ok_or_else(not_found)?;
+            match deps
+                .journal
+                .record(&seen, Input::Cancelled(reason.clone()))
                 .await?
-                .ok_or_else(not_found)?;
-            let Some(step) = seen.saga.current.filter(|s| cancellable(*s)) else {
-                break;
-            };
-            let outcome = Outcome::Cancelled(reason.clone());
-            let none = transition::Attempt::NONE;
-            if transition::advance_from(&deps.pool, &deps.saga, seen, step, outcome, none).await? {
-                break;
+            {
+                Recorded::Moved(..) | Recorded::Unchanged => break,
+                Recorded::Conflict => continue,
             }
         }
         let order = store::get(&deps.pool, order_id)
@@ -158,9 +151,11 @@ impl OrderService for Orders {
         let order = store::get(&deps.pool, order_id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no order {order_id}")))?;
-        let Some((saga, steps)) = state::timeline(&deps.pool, order_id).await? else {
+        let Some(seen) = deps.journal.load(order_id).await? else {
             return Err(Status::not_found(format!("order {order_id} has no saga")));
         };
+        let saga = seen.saga;
+        let steps = journal::timeline(&deps.pool, order_id).await?;
         let failure_reason = if saga.failure_reason.is_empty() {
             order.failure_reason.clone()
         } else {
@@ -171,7 +166,7 @@ impl OrderService for Orders {
             steps,
             definition_version: u32::try_from(saga.definition_version).unwrap_or(0),
             failure_reason,
-            parked: saga.phase == "parked",
+            parked: saga.phase == Phase::Parked,
         }))
     }
 
@@ -186,7 +181,7 @@ impl OrderService for Orders {
         let order_id = validate::order_id(&request.get_ref().order_id)?;
         let deps = self.deps.get()?;
         // Subscribe before reading, so a change between the read and the subscription is seen.
-        let signals = deps.saga.changes.subscribe(order_id).await?;
+        let signals = deps.journal.changes.subscribe(order_id).await?;
         let first = store::get(&deps.pool, order_id)
             .await?
             .ok_or_else(|| Status::not_found(format!("no order {order_id}")))?;

@@ -36,9 +36,11 @@ use serde::{Deserialize, Serialize};
 
 use saga::{
     definition::Timeouts,
-    executor::{self, Callees, Policies, Worker},
+    journal::{Journal, Parts},
     messages::Names,
-    state::SagaContext,
+    runner::{self, Runner},
+    steps::{Callees, Policies},
+    sweeper::{self, Sweep},
 };
 
 pub(crate) static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
@@ -49,7 +51,7 @@ pub(crate) struct Deps {
     pub pool: sqlx::PgPool,
     /// Read-through cache of GetOrder answers.
     pub cache: ordermesh::cache::Cache,
-    pub saga: SagaContext,
+    pub journal: Journal,
 }
 
 /// `ORDERMESH_SAGA__*` settings.
@@ -57,36 +59,77 @@ pub(crate) struct Deps {
 pub struct SagaSettings {
     #[serde(flatten)]
     pub timeouts: Timeouts,
-    /// Saga steps one instance runs at once. `ORDERMESH_SAGA__CONCURRENCY`.
+    /// Sagas one instance drives at once (waiting ones do not count: their tickets wait in
+    /// JetStream). `ORDERMESH_SAGA__CONCURRENCY`.
     pub concurrency: usize,
-    /// Deliveries of a step message before it is dead-lettered and its saga parked.
+    /// Attempts of a step before it gives up: a forward step parks with a dead letter (and
+    /// still compensates at its deadline), a compensation ends the saga FAILED.
     /// `ORDERMESH_SAGA__MAX_DELIVER`.
     pub max_deliver: i64,
+    /// How often the sweeper looks for sagas that stopped moving. `ORDERMESH_SAGA__SWEEP_EVERY`.
+    #[serde(with = "humantime_serde", default = "default_sweep_every")]
+    pub sweep_every: std::time::Duration,
+    /// How long an unfinished saga may go without a move before its run ticket is re-issued:
+    /// longer than any legitimate wait (the largest retry backoff plus a ticket's ack wait).
+    /// `ORDERMESH_SAGA__STALL_AFTER`.
+    #[serde(with = "humantime_serde", default = "default_stall_after")]
+    pub stall_after: std::time::Duration,
+}
+
+fn default_sweep_every() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+fn default_stall_after() -> std::time::Duration {
+    std::time::Duration::from_secs(120)
 }
 
 impl SagaSettings {
     /// The environment section: `ORDERMESH_SAGA__*`.
     pub const SECTION: &str = "saga";
+
+    /// A stall threshold at or below a legitimate wait would re-issue tickets of healthy sagas.
+    fn validate(&self) -> anyhow::Result<()> {
+        let longest_wait = self
+            .timeouts
+            .retry_backoff
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or_default()
+            + saga::messages::TICKET_ACK_WAIT;
+        anyhow::ensure!(
+            self.stall_after > longest_wait,
+            "ORDERMESH_SAGA__STALL_AFTER={:?} must be longer than the largest retry backoff plus \
+             the ticket ack wait ({longest_wait:?}), or healthy sagas get their tickets re-issued",
+            self.stall_after
+        );
+        anyhow::ensure!(
+            (1..=100_000).contains(&self.concurrency),
+            "ORDERMESH_SAGA__CONCURRENCY={}: use 1-100000",
+            self.concurrency
+        );
+        Ok(())
+    }
 }
 
 impl Default for SagaSettings {
     fn default() -> SagaSettings {
         SagaSettings {
             timeouts: Timeouts::default(),
-            concurrency: 64,
+            concurrency: 512,
             max_deliver: 12,
+            sweep_every: default_sweep_every(),
+            stall_after: default_stall_after(),
         }
     }
 }
-
-/// Finished steps remembered so their timeouts need no read: at 500 orders/s (2,000 steps/s)
-/// half a minute's worth, far beyond the first look at a timeout (2 s), in about 3 MiB.
-const FINISHED_STEPS_REMEMBERED: usize = 65_536;
 
 /// Serves the order API and runs the saga until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let saga_settings: SagaSettings =
         ordermesh::config::extract_section(SagaSettings::SECTION, SagaSettings::default())?;
+    saga_settings.validate()?;
     metrics::init();
     let deps = Ready::default();
     let mut host = Host::bind(settings).await?;
@@ -106,8 +149,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         let events = ordermesh::nats::Names::new(&settings.namespace);
         for config in [
             events.order_events_config(),
-            names.steps_stream(),
-            names.timeouts_stream(),
+            names.runs_stream(),
             names.dead_letters_stream(),
         ] {
             retry(
@@ -117,99 +159,58 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             )
             .await?;
         }
-        let steps_stream = names.steps_stream().name;
-        let timeouts_stream = names.timeouts_stream().name;
-        let max_in_flight = i64::try_from(saga_settings.concurrency * 2).unwrap_or(128);
-        let steps = retry(
-            "saga step consumer",
-            |_| true,
-            || {
-                nats.jetstream.create_consumer_on_stream(
-                    names.steps_consumer(max_in_flight, saga_settings.max_deliver),
-                    steps_stream.as_str(),
-                )
-            },
-        )
-        .await?;
-        let timeouts = retry(
-            "saga timeout consumer",
+        let runs_stream = names.runs_stream().name;
+        let tickets = retry(
+            "saga run consumer",
             |_| true,
             || {
                 nats.jetstream
-                    .create_consumer_on_stream(names.timeouts_consumer(), timeouts_stream.as_str())
+                    .create_consumer_on_stream(names.runs_consumer(), runs_stream.as_str())
             },
         )
         .await?;
 
-        let propagate = Propagate::new(settings.client.timeout);
-        let channel = |s: ServiceName| {
-            client::channel(settings.endpoints.of(s), &settings.client).context("service endpoint")
-        };
-        let canary = &settings.endpoints.payment_canary;
-        let payment_canary = if canary.is_empty() {
-            None
-        } else {
-            let channel =
-                client::channel(canary, &settings.client).context("payment canary endpoint")?;
-            Some(PaymentServiceClient::with_interceptor(
-                channel,
-                propagate.clone(),
-            ))
-        };
-        let mesh = settings.mesh;
-        let callees = Callees {
-            inventory: InventoryServiceClient::with_interceptor(
-                channel(ServiceName::Inventory)?,
-                propagate.clone(),
-            ),
-            payment: PaymentServiceClient::with_interceptor(
-                channel(ServiceName::Payment)?,
-                propagate.clone(),
-            ),
-            payment_canary,
-            shipping: ShippingServiceClient::with_interceptor(
-                channel(ServiceName::Shipping)?,
-                propagate,
-            ),
-            policy: Policies {
-                inventory: Policy::new("inventory", mesh),
-                payment: Policy::new("payment", mesh),
-                shipping: Policy::new("shipping", mesh),
-            },
-        };
         let cache = ordermesh::cache::Cache::connect(&settings.redis, &settings.namespace);
-        let changes = changes::Changes::new(nats.client.clone(), &settings.namespace);
         let (outbox, inbox) = saga::outbox::channel();
-        let saga = SagaContext {
-            names,
-            changes,
-            outbox,
-            order_events: events,
-            timeouts: saga_settings.timeouts.clone(),
-            cache: cache.clone(),
-            recent: saga::recent::Recent::default(),
-        };
-        let worker = Arc::new(Worker {
-            pool: pool.clone(),
-            saga: saga.clone(),
-            callees,
-            jetstream: nats.jetstream.clone(),
-            max_deliver: saga_settings.max_deliver,
-            finished: saga::finished::Finished::new(FINISHED_STEPS_REMEMBERED),
-        });
+        let journal = Journal::start(
+            pool.clone(),
+            Parts {
+                names: names.clone(),
+                order_events: events,
+                outbox: outbox.clone(),
+                changes: changes::Changes::new(nats.client.clone(), &settings.namespace),
+                cache: cache.clone(),
+                timeouts: saga_settings.timeouts.clone(),
+            },
+            &background,
+        );
+        let runner = Arc::new(Runner::new(
+            journal.clone(),
+            callees(&settings)?,
+            i32::try_from(saga_settings.max_deliver).unwrap_or(i32::MAX),
+        ));
         background.spawn(saga::outbox::relay(
             pool.clone(),
             nats.jetstream.clone(),
             inbox,
             background.token(),
         ));
-        background.spawn(executor::run(
-            worker.clone(),
-            steps,
+        background.spawn(runner::run(
+            runner,
+            tickets,
             saga_settings.concurrency,
             background.token(),
         ));
-        background.spawn(executor::run_timeouts(worker, timeouts, background.token()));
+        background.spawn(sweeper::run(
+            pool.clone(),
+            names.clone(),
+            outbox,
+            Sweep {
+                every: saga_settings.sweep_every,
+                stall_after: saga_settings.stall_after,
+            },
+            background.token(),
+        ));
         background.spawn(ordermesh::retention::run(
             pool.clone(),
             &[ordermesh::retention::IDEMPOTENCY_KEYS],
@@ -219,11 +220,55 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         background.spawn(saga::census::run(
             pool.clone(),
             nats.jetstream.clone(),
-            saga.names.clone(),
+            names,
             background.token(),
         ));
-        deps.set(Deps { pool, cache, saga });
+        deps.set(Deps {
+            pool,
+            cache,
+            journal,
+        });
         Ok(())
     };
     host.serve(start, shutdown).await
+}
+
+/// Clients of the services the saga calls, each behind its call policy.
+fn callees(settings: &Settings) -> anyhow::Result<Callees> {
+    let propagate = Propagate::new(settings.client.timeout);
+    let channel = |s: ServiceName| {
+        client::channel(settings.endpoints.of(s), &settings.client).context("service endpoint")
+    };
+    let canary = &settings.endpoints.payment_canary;
+    let payment_canary = if canary.is_empty() {
+        None
+    } else {
+        let channel =
+            client::channel(canary, &settings.client).context("payment canary endpoint")?;
+        Some(PaymentServiceClient::with_interceptor(
+            channel,
+            propagate.clone(),
+        ))
+    };
+    let mesh = settings.mesh;
+    Ok(Callees {
+        inventory: InventoryServiceClient::with_interceptor(
+            channel(ServiceName::Inventory)?,
+            propagate.clone(),
+        ),
+        payment: PaymentServiceClient::with_interceptor(
+            channel(ServiceName::Payment)?,
+            propagate.clone(),
+        ),
+        payment_canary,
+        shipping: ShippingServiceClient::with_interceptor(
+            channel(ServiceName::Shipping)?,
+            propagate,
+        ),
+        policy: Policies {
+            inventory: Policy::new("inventory", mesh),
+            payment: Policy::new("payment", mesh),
+            shipping: Policy::new("shipping", mesh),
+        },
+    })
 }

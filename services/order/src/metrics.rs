@@ -22,7 +22,7 @@ metric!(SAGA_DURATION: Histogram = register_histogram!(
 metric!(STEP_DELIVERY_WAIT: Histogram = register_histogram!(
     HistogramOpts::new(
         "order_saga_step_delivery_wait_seconds",
-        "Time a step message spent in JetStream, from publish to a worker starting it."
+        "Time a saga's run ticket spent in JetStream, from publish to a runner starting it."
     )
     .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
 ));
@@ -31,12 +31,23 @@ metric!(SAGA_COMPENSATIONS: IntCounterVec = register_int_counter_vec!(
     &["step"]
 ));
 metric!(SAGA_TIMEOUTS: IntCounterVec = register_int_counter_vec!(
-    Opts::new("order_saga_timeouts_total", "Step deadlines that fired while the step was still pending, by step."),
+    Opts::new("order_saga_timeouts_total", "Step deadlines that passed before the step finished, by step (a compensation's ends the saga FAILED)."),
     &["step"]
 ));
 metric!(DEAD_LETTERS: IntCounterVec = register_int_counter_vec!(
-    Opts::new("order_saga_dead_letters_total", "Messages moved to the dead-letter stream, by step (or `undecodable`)."),
+    Opts::new("order_saga_dead_letters_total", "Sagas parked with a dead letter, by the step that could not go on (or `undecodable` tickets)."),
     &["step"]
+));
+metric!(JOURNAL_BATCH: Histogram = register_histogram!(
+    HistogramOpts::new(
+        "order_saga_journal_batch_entries",
+        "Journal entries committed together in one statement (the group commit's batch size)."
+    )
+    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+));
+metric!(TICKETS_REISSUED: IntCounter = register_int_counter!(
+    "order_saga_tickets_reissued_total",
+    "Run tickets the sweeper re-issued for sagas that stopped moving (a lost message, or an upgrade from the per-step engine)."
 ));
 metric!(OUTBOX_PUBLISHED: IntCounter = register_int_counter!("ordermesh_outbox_published_total", "Outbox rows published to JetStream."));
 metric!(OUTBOX_BACKLOG: IntGauge = register_int_gauge!("ordermesh_outbox_backlog", "Outbox rows not yet published."));
@@ -70,9 +81,7 @@ pub fn init() {
                 SAGA_FAILED.with_label_values(&[step, reason]);
             }
         }
-        if spec.deadline.is_some() {
-            SAGA_TIMEOUTS.with_label_values(&[step]);
-        }
+        SAGA_TIMEOUTS.with_label_values(&[step]);
         DEAD_LETTERS.with_label_values(&[step]);
     }
     DEAD_LETTERS.with_label_values(&["undecodable"]);
@@ -80,6 +89,8 @@ pub fn init() {
     SAGA_COMPLETED.get();
     SAGA_DURATION.get_sample_count();
     STEP_DELIVERY_WAIT.get_sample_count();
+    JOURNAL_BATCH.get_sample_count();
+    TICKETS_REISSUED.get();
     OUTBOX_PUBLISHED.get();
     OUTBOX_BACKLOG.get();
     OUTBOX_OLDEST_AGE.get();

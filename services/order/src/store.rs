@@ -1,5 +1,5 @@
-//! Order persistence: a new order in one statement, and the view's reads. (Saga transitions
-//! append events and project them in [`crate::saga::transition`].)
+//! Order persistence: a new order in one statement, and the view's reads. (The saga's
+//! journal appends the later events and projects them: [`crate::saga::journal`].)
 
 use chrono::{SubsecRound, Utc};
 use ordermesh::{
@@ -14,21 +14,22 @@ use uuid::Uuid;
 use crate::model::{NewOrder, ORDER_COLUMNS, OrderEvent, OrderRow};
 use crate::saga::{
     definition::{DEFINITION_VERSION, FIRST},
-    outbox::Columns,
-    state::{self, Saga, SagaContext},
-    transition::Snapshot,
+    journal::Journal,
+    messages::{RunTicket, ticket_id},
+    outbox::{self, Columns},
 };
 
-/// Stores a new order — its Submitted event, its view row, its saga with the first step queued
-/// and that step's messages in the outbox, and with a client `request_id` the response under
-/// that key — in one statement (one round trip, one commit). With a `request_id` already seen,
-/// writes nothing and returns that order as it is now (`created` false).
+/// Stores a new order — its Submitted event, its view row, its saga (first step current, with
+/// its deadline and the request's propagation context), the saga's run ticket in the outbox,
+/// and with a client `request_id` the response under that key — in one statement (one round
+/// trip, one commit). With a `request_id` already seen, writes nothing and returns that order
+/// as it is now (`created` false).
 pub async fn create(
-    pool: &PgPool,
-    saga: &SagaContext,
+    journal: &Journal,
     request: &CreateOrderRequest,
     order: NewOrder,
 ) -> Result<CreateOrderResponse, Status> {
+    let pool = journal.pool();
     let order_id = Uuid::now_v7();
     // The view's timestamps (and the first event's, which a rebuild of the view takes them
     // from) come from here, not the database's now(): the response stored for a repeat of the
@@ -69,8 +70,22 @@ pub async fn create(
         .as_ref()
         .map(|id| format!("create-order:{id}"));
     let hash = idempotency::request_hash(request);
-    let messages = state::step_messages(saga, order_id, FIRST)?;
+    let context = ordermesh::context::message_headers();
+    let ticket = serde_json::to_vec(&RunTicket {
+        order_id,
+        redrive: false,
+    })
+    .map_err(|_| Status::internal("run ticket is not serialisable"))?;
+    let messages = vec![outbox::Message {
+        msg_id: ticket_id(order_id),
+        subject: journal.names.run_subject(),
+        payload: ticket,
+        headers: context.clone(),
+    }];
     let outbox = Columns::of(&messages);
+    let deadline = now
+        + chrono::Duration::from_std(journal.timeouts.for_step(FIRST))
+            .unwrap_or(chrono::Duration::MAX);
     let payload =
         serde_json::to_value(&event).map_err(|_| Status::internal("event is not serialisable"))?;
     let created: i64 = sqlx::query_scalar(
@@ -90,8 +105,9 @@ pub async fn create(
              SELECT $4, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16, 1 FROM go
              RETURNING order_id
          ), saga AS (
-             INSERT INTO sagas (order_id, definition_version, phase, current_step, payment_token)
-             SELECT $4, $17, 'forward', $18, $19 FROM go
+             INSERT INTO sagas (order_id, definition_version, phase, current_step, payment_token,
+                                deadline_at, context)
+             SELECT $4, $17, 'forward', $18, $19, $24, $25 FROM go
              RETURNING order_id
          ), step AS (
              INSERT INTO saga_steps (order_id, step, compensation, status)
@@ -127,6 +143,8 @@ pub async fn create(
     .bind(&outbox.subjects)
     .bind(&outbox.payloads)
     .bind(&outbox.headers)
+    .bind(deadline)
+    .bind(Json(&context))
     .fetch_one(pool)
     .await
     .map_err(db::status)?;
@@ -148,22 +166,9 @@ pub async fn create(
             created: false,
         });
     }
-    // The first step's delivery here starts from what was just written (see saga::recent).
-    saga.recent.put(Snapshot {
-        saga: Saga {
-            order_id,
-            definition_version: DEFINITION_VERSION as i32,
-            phase: "forward".into(),
-            current: Some(FIRST),
-            pending: Vec::new(),
-            failure_reason: String::new(),
-            payment_token: Some(request.payment_token.clone()),
-        },
-        order: row,
-    });
-    saga.outbox.hand_over(messages);
+    journal.outbox.hand_over(messages);
     if let Some(order) = &response.order {
-        saga.changes.announce(order).await;
+        journal.changes.announce(order).await;
     }
     crate::metrics::SAGA_STARTED.inc();
     Ok(response)

@@ -28,12 +28,16 @@ pub enum Step {
     CancelLabel,
 }
 
-/// Which deadline guards a step (configured in [`Timeouts`]).
+/// Which deadline guards a step (configured in [`Timeouts`]). Every step has one: a forward
+/// step past it fails and the saga compensates; a compensation past it ends the saga FAILED
+/// with a dead letter for `ordermesh dlq redrive`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
     Inventory,
     Payment,
     Shipping,
+    Confirm,
+    Compensation,
 }
 
 /// One row of the table.
@@ -48,8 +52,8 @@ pub struct StepSpec {
     pub next: Option<Step>,
     /// What undoes this step when a later one fails (or this one timed out).
     pub undo: Option<Step>,
-    /// The deadline after which the step counts as failed and the saga compensates.
-    pub deadline: Option<Deadline>,
+    /// How long the step may take from the moment it becomes current, retries included.
+    pub deadline: Deadline,
 }
 
 /// The order saga: ReserveInventory → ProcessPayment → CreateShippingLabel → ConfirmOrder,
@@ -61,7 +65,7 @@ pub const TABLE: &[StepSpec] = &[
         status_after: Some(OrderStatus::InventoryReserved),
         next: Some(Step::ProcessPayment),
         undo: Some(Step::ReleaseInventory),
-        deadline: Some(Deadline::Inventory),
+        deadline: Deadline::Inventory,
     },
     StepSpec {
         step: Step::ProcessPayment,
@@ -69,7 +73,7 @@ pub const TABLE: &[StepSpec] = &[
         status_after: Some(OrderStatus::PaymentProcessed),
         next: Some(Step::CreateShippingLabel),
         undo: Some(Step::RefundPayment),
-        deadline: Some(Deadline::Payment),
+        deadline: Deadline::Payment,
     },
     StepSpec {
         step: Step::CreateShippingLabel,
@@ -77,7 +81,7 @@ pub const TABLE: &[StepSpec] = &[
         status_after: None,
         next: Some(Step::ConfirmOrder),
         undo: Some(Step::CancelLabel),
-        deadline: Some(Deadline::Shipping),
+        deadline: Deadline::Shipping,
     },
     StepSpec {
         step: Step::ConfirmOrder,
@@ -85,7 +89,7 @@ pub const TABLE: &[StepSpec] = &[
         status_after: Some(OrderStatus::Confirmed),
         next: None,
         undo: None,
-        deadline: None,
+        deadline: Deadline::Confirm,
     },
     StepSpec {
         step: Step::ReleaseInventory,
@@ -93,7 +97,7 @@ pub const TABLE: &[StepSpec] = &[
         status_after: None,
         next: None,
         undo: None,
-        deadline: None,
+        deadline: Deadline::Compensation,
     },
     StepSpec {
         step: Step::RefundPayment,
@@ -101,7 +105,7 @@ pub const TABLE: &[StepSpec] = &[
         status_after: None,
         next: None,
         undo: None,
-        deadline: None,
+        deadline: Deadline::Compensation,
     },
     StepSpec {
         step: Step::CancelLabel,
@@ -109,7 +113,7 @@ pub const TABLE: &[StepSpec] = &[
         status_after: None,
         next: None,
         undo: None,
-        deadline: None,
+        deadline: Deadline::Compensation,
     },
 ];
 
@@ -167,6 +171,13 @@ pub struct Timeouts {
     /// `ORDERMESH_SAGA__SHIPPING_TIMEOUT`, default 5 minutes.
     #[serde(with = "humantime_serde")]
     pub shipping_timeout: Duration,
+    /// ConfirmOrder (the inventory commit). `ORDERMESH_SAGA__CONFIRM_TIMEOUT`, default 2 minutes.
+    #[serde(with = "humantime_serde", default = "default_confirm_timeout")]
+    pub confirm_timeout: Duration,
+    /// Each compensation; past it the saga ends FAILED (event, notification, metric, dead
+    /// letter). `ORDERMESH_SAGA__COMPENSATION_TIMEOUT`, default 10 minutes.
+    #[serde(with = "humantime_serde", default = "default_compensation_timeout")]
+    pub compensation_timeout: Duration,
     /// Delays before retrying a step after a transient failure; the last one repeats until the
     /// step's deadline. `ORDERMESH_SAGA__RETRY_BACKOFF="5s 10s 30s"`.
     #[serde(with = "humantime_list")]
@@ -179,6 +190,8 @@ impl Default for Timeouts {
             inventory_timeout: Duration::from_secs(120),
             payment_timeout: Duration::from_secs(180),
             shipping_timeout: Duration::from_secs(300),
+            confirm_timeout: default_confirm_timeout(),
+            compensation_timeout: default_compensation_timeout(),
             retry_backoff: vec![
                 Duration::from_secs(5),
                 Duration::from_secs(10),
@@ -188,18 +201,33 @@ impl Default for Timeouts {
     }
 }
 
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_compensation_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
 impl Timeouts {
     pub fn of(&self, deadline: Deadline) -> Duration {
         match deadline {
             Deadline::Inventory => self.inventory_timeout,
             Deadline::Payment => self.payment_timeout,
             Deadline::Shipping => self.shipping_timeout,
+            Deadline::Confirm => self.confirm_timeout,
+            Deadline::Compensation => self.compensation_timeout,
         }
     }
 
-    /// Delay before delivery number `delivered + 1` of a step message.
-    pub fn backoff(&self, delivered: i64) -> Duration {
-        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(0);
+    /// How long `step` may take once it is current.
+    pub fn for_step(&self, step: Step) -> Duration {
+        self.of(step.spec().deadline)
+    }
+
+    /// Delay before retrying a step after its `attempts`-th transient failure.
+    pub fn backoff(&self, attempts: i64) -> Duration {
+        let index = usize::try_from(attempts.saturating_sub(1)).unwrap_or(0);
         self.retry_backoff
             .get(index)
             .or(self.retry_backoff.last())
@@ -261,7 +289,7 @@ pub fn mermaid() -> String {
         } else {
             out.push_str(&format!("    {current} --> {after}: {} ok\n", s.name()));
         }
-        if spec.undo.is_some() || spec.deadline.is_some() {
+        if !spec.compensation {
             let undo: Vec<&str> = compensations(s, true).iter().map(|c| c.name()).collect();
             out.push_str(&format!(
                 "    {current} --> COMPENSATING: {} failed or timed out / {}\n",
@@ -273,7 +301,9 @@ pub fn mermaid() -> String {
         step = spec.next;
     }
     out.push_str("    COMPENSATING --> CANCELLED: compensations done\n");
-    out.push_str("    COMPENSATING --> FAILED: a compensation could not finish (dead-lettered)\n");
+    out.push_str(
+        "    COMPENSATING --> FAILED: a compensation could not finish by its deadline (dead-lettered)\n",
+    );
     out.push_str(&format!(
         "    {current} --> [*]\n    CANCELLED --> [*]\n    FAILED --> [*]\n"
     ));

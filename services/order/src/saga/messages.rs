@@ -1,4 +1,4 @@
-//! What the saga puts on JetStream: step messages, durable timeouts and dead letters, with their
+//! What the saga puts on JetStream: one run ticket per order and dead letters, with their
 //! subjects, streams and consumers under the namespace.
 
 use std::time::Duration;
@@ -7,21 +7,20 @@ use async_nats::jetstream::{consumer::pull, stream};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::definition::Step;
-
-/// "Run `step` of `order_id`" or, with `due_at_ms`, "check `step` of `order_id` at that time".
+/// "Drive the saga of `order_id` forward." Published once per order through the outbox (its
+/// `OrderSubmitted` moment); held by a runner while the saga moves, NAK'd with a delay while it
+/// waits, acked when it is terminal. Re-issued by the sweeper when it was lost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepMessage {
+pub struct RunTicket {
     pub order_id: Uuid,
-    pub step: Step,
-    /// Unix milliseconds at which a timeout message fires.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub due_at_ms: Option<i64>,
+    /// Set on the ticket kept in a dead letter: a redrive resumes a parked saga.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redrive: bool,
 }
 
-/// How long a delivered step may go without an ack or an in-progress signal before JetStream
-/// gives it to another worker.
-pub const STEP_ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long a runner may hold a ticket without an in-progress ack before JetStream hands it to
+/// another one: how soon a saga whose runner died resumes.
+pub const TICKET_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Names of the saga's streams, subjects and consumers in one namespace.
 #[derive(Debug, Clone)]
@@ -40,12 +39,8 @@ impl Names {
         self.namespace.to_uppercase()
     }
 
-    pub fn step_subject(&self, step: Step) -> String {
-        format!("{}.saga.step.{}", self.namespace, step.name())
-    }
-
-    pub fn timeout_subject(&self, step: Step) -> String {
-        format!("{}.saga.timeout.{}", self.namespace, step.name())
+    pub fn run_subject(&self) -> String {
+        format!("{}.saga.run", self.namespace)
     }
 
     pub fn dead_letter_subject(&self, kind: &str) -> String {
@@ -56,23 +51,11 @@ impl Names {
         format!("{}_DEAD_LETTERS", self.upper())
     }
 
-    /// Work-queue stream of step messages: a message leaves once a worker acked it.
-    pub fn steps_stream(&self) -> stream::Config {
+    /// Work-queue stream of run tickets: a ticket leaves once its saga is terminal.
+    pub fn runs_stream(&self) -> stream::Config {
         stream::Config {
-            name: format!("{}_SAGA", self.upper()),
-            subjects: vec![format!("{}.saga.step.>", self.namespace)],
-            retention: stream::RetentionPolicy::WorkQueue,
-            duplicate_window: Duration::from_secs(120),
-            storage: stream::StorageType::File,
-            ..Default::default()
-        }
-    }
-
-    /// Work-queue stream of durable timeouts; each waits (redelivered with a delay) until due.
-    pub fn timeouts_stream(&self) -> stream::Config {
-        stream::Config {
-            name: format!("{}_TIMEOUTS", self.upper()),
-            subjects: vec![format!("{}.saga.timeout.>", self.namespace)],
+            name: format!("{}_SAGA_RUNS", self.upper()),
+            subjects: vec![self.run_subject()],
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: Duration::from_secs(120),
             storage: stream::StorageType::File,
@@ -91,30 +74,24 @@ impl Names {
         }
     }
 
-    /// Durable pull consumer of step messages. `max_ack_pending` bounds the work one
-    /// instance (or all together) holds at once. A worker that dies mid-step is noticed after
-    /// [`STEP_ACK_WAIT`]: a live worker sends in-progress acks while a step runs, so the wait can
-    /// be short without redelivering slow steps.
-    pub fn steps_consumer(&self, max_in_flight: i64, max_deliver: i64) -> pull::Config {
+    /// Durable pull consumer of run tickets. Redelivery is how a saga resumes (after a crash,
+    /// or when its delayed NAK is due), so deliveries are unbounded. `max_ack_pending` is high
+    /// on purpose: tickets waiting out a backoff count against it, and the real bound on work
+    /// in flight is each instance's own limit (`ORDERMESH_SAGA__CONCURRENCY`), so one callee's
+    /// outage never starves the sagas that do not need it.
+    pub fn runs_consumer(&self) -> pull::Config {
         pull::Config {
-            durable_name: Some("saga-steps".into()),
+            durable_name: Some("saga-runner".into()),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: STEP_ACK_WAIT,
-            max_deliver,
-            max_ack_pending: max_in_flight,
-            ..Default::default()
-        }
-    }
-
-    /// Durable pull consumer of timeouts: they stay pending until due, so the bound is generous.
-    pub fn timeouts_consumer(&self) -> pull::Config {
-        pull::Config {
-            durable_name: Some("saga-timeouts".into()),
-            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: TICKET_ACK_WAIT,
             max_deliver: -1,
-            max_ack_pending: 100_000,
+            max_ack_pending: 1_000_000,
             ..Default::default()
         }
     }
+}
+
+/// The outbox id (and `Nats-Msg-Id`) of an order's first run ticket.
+pub fn ticket_id(order_id: Uuid) -> Uuid {
+    Uuid::new_v5(&order_id, b"run")
 }

@@ -8,13 +8,6 @@
 //! there. Publishing one twice is harmless: JetStream drops the second copy as a duplicate. No
 //! dual writes anywhere.
 //!
-//! Durable timeouts are written like every message but **deferred**: not handed over, so they
-//! reach JetStream only through the poll, once their step has been running for [`STALE`]. The
-//! transition that finishes a step deletes its timeout row in the same statement, so the
-//! timeouts of nearly all steps that finish quickly never cost a publish, a stored message,
-//! two deliveries and an ack; a step still running (or an instance that died) gets its timeout
-//! published as before, with its original deadline.
-//!
 //! Why the hand-over: reading back rows that the writer had in memory a moment before cost a
 //! `BEGIN` / `SELECT ... FOR UPDATE` / `DELETE` / `COMMIT` per batch, a third of the order
 //! database's statements at load.
@@ -46,7 +39,7 @@ const DELETE_EVERY: Duration = Duration::from_millis(100);
 const DELETE_BATCH: usize = 4096;
 
 /// A row older than this is the poll's: the relay would have published a handed-over one by
-/// then, and a deferred timeout whose step has run this long is due to be published.
+/// then.
 const STALE: Duration = Duration::from_secs(2);
 
 /// One message bound for JetStream.
@@ -58,8 +51,6 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// Trace, request id, baggage and canary version of the change that wrote it.
     pub headers: BTreeMap<String, String>,
-    /// Left to the poll instead of handed over (a durable timeout; see the module comment).
-    pub deferred: bool,
 }
 
 impl Message {
@@ -70,7 +61,6 @@ impl Message {
             subject,
             payload,
             headers: ordermesh::context::message_headers(),
-            deferred: false,
         }
     }
 }
@@ -86,13 +76,15 @@ pub struct Columns {
 }
 
 impl Columns {
-    pub fn of(messages: &[Message]) -> Columns {
-        Columns {
-            msg_ids: messages.iter().map(|m| m.msg_id).collect(),
-            subjects: messages.iter().map(|m| m.subject.clone()).collect(),
-            payloads: messages.iter().map(|m| m.payload.clone()).collect(),
-            headers: messages.iter().map(|m| Json(m.headers.clone())).collect(),
+    pub fn of<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Columns {
+        let mut columns = Columns::default();
+        for m in messages {
+            columns.msg_ids.push(m.msg_id);
+            columns.subjects.push(m.subject.clone());
+            columns.payloads.push(m.payload.clone());
+            columns.headers.push(Json(m.headers.clone()));
         }
+        columns
     }
 }
 
@@ -109,15 +101,26 @@ pub fn channel() -> (Outbox, Inbox) {
 }
 
 impl Outbox {
-    /// Call after the statement that wrote `messages` committed; deferred ones stay for the
-    /// poll. Never blocks: with the queue full (JetStream slow or down) the rows wait for the
-    /// poll instead.
-    pub fn hand_over(&self, mut messages: Vec<Message>) {
-        messages.retain(|m| !m.deferred);
+    /// Call after the statement that wrote `messages` committed. Never blocks: with the queue
+    /// full (JetStream slow or down) the rows wait for the poll instead.
+    pub fn hand_over(&self, messages: Vec<Message>) {
         if !messages.is_empty() && self.0.try_send(messages).is_err() {
             tracing::debug!("outbox relay queue full; the poll will publish these rows");
         }
     }
+}
+
+/// Writes one message to the outbox on its own (for a message that is no state change's, such as
+/// the dead letter of an unreadable ticket). Hand it over after this returns.
+pub async fn write(pool: &PgPool, message: &Message) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO outbox (msg_id, subject, payload, headers) VALUES ($1, $2, $3, $4)")
+        .bind(message.msg_id)
+        .bind(&message.subject)
+        .bind(&message.payload)
+        .bind(Json(&message.headers))
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,7 +264,6 @@ async fn publish_stale(pool: &PgPool, js: &jetstream::Context) -> Result<(), Rel
                 subject: r.subject,
                 payload: r.payload,
                 headers: r.headers.0,
-                deferred: false,
             })
             .collect();
         // A failed publish drops the transaction: the rows are back for the next poll.

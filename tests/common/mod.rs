@@ -152,7 +152,7 @@ impl Drop for TestEnv {
                 if let Ok(client) = async_nats::connect(nats_url()).await {
                     let js = async_nats::jetstream::new(client);
                     let prefix = format!("{}_", namespace.to_uppercase());
-                    let names = ["ORDER_EVENTS", "SAGA", "DEAD_LETTERS", "TIMEOUTS"];
+                    let names = ["ORDER_EVENTS", "SAGA_RUNS", "DEAD_LETTERS"];
                     for name in names {
                         let _ = js.delete_stream(format!("{prefix}{name}")).await;
                     }

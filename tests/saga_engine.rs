@@ -1,0 +1,336 @@
+//! The saga engine's promises at its edges, against real processes: a callee down past its step
+//! deadline compensates only the sagas that need it; a compensation that can never finish ends
+//! FAILED (event, one notification, dead letter, metric) and a redrive finishes it; a lost run
+//! ticket is re-issued by the sweeper; a replica killed with -9 mid-run loses and doubles
+//! nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    TestEnv, binary,
+    check::settled,
+    saga::{place, place_with, stock, watch_to_end},
+};
+use nix::sys::signal::Signal;
+use ordermesh::{
+    config::ServiceName,
+    proto::{
+        inventory::{GetItemRequest, inventory_service_client::InventoryServiceClient},
+        order::{GetOrderRequest, OrderStatus, order_service_client::OrderServiceClient},
+    },
+};
+use tonic::transport::Channel;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn item(c: &mut InventoryServiceClient<Channel>, sku: &str) -> (i64, i64, i64) {
+    let i = c
+        .get_item(GetItemRequest { sku: sku.into() })
+        .await
+        .expect("item")
+        .into_inner()
+        .item
+        .expect("item");
+    (i.available, i.reserved, i.committed)
+}
+
+async fn status(c: &mut OrderServiceClient<Channel>, order_id: &str) -> OrderStatus {
+    c.get_order(GetOrderRequest {
+        order_id: order_id.into(),
+    })
+    .await
+    .expect("get order")
+    .into_inner()
+    .order
+    .expect("order")
+    .status()
+}
+
+async fn wait_for(c: &mut OrderServiceClient<Channel>, order_id: &str, want: OrderStatus) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = status(c, order_id).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{order_id} is {now:?}, never {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A counter's value on a service's /metrics (0 when absent).
+async fn metric(process: &common::ServiceProcess, series: &str) -> f64 {
+    let (_, text) = common::http_get(process.admin_addr, "/metrics")
+        .await
+        .expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn ordermesh(env: &TestEnv, args: &[&str]) -> String {
+    let output = std::process::Command::new(binary("ordermesh"))
+        .args(args)
+        .envs(env.env())
+        .output()
+        .expect("run ordermesh");
+    assert!(
+        output.status.success(),
+        "ordermesh {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The payment canary hangs (a blackhole) for longer than the payment step's deadline: the
+/// orders routed to it (`x-version: v2`) time out and compensate — the charge's effect is
+/// unknown, so its refund runs too, once the canary answers again — while the orders that never
+/// reach it keep confirming throughout. Nothing is charged for the cancelled ones, their stock
+/// comes back, and the timeout metric counts them.
+#[tokio::test]
+async fn a_callee_down_past_its_deadline_compensates_its_sagas_while_the_others_confirm() {
+    let env = TestEnv::new();
+    let canary_env = [("ORDERMESH_PAYMENT__VERSION".to_string(), "v2".to_string())];
+    let canary = env.spawn(ServiceName::Payment, &canary_env).await;
+    canary.wait_serving().await;
+    let proxy = common::chaos::FaultProxy::start(canary.grpc_addr).await;
+    let canary_url = proxy.url("http");
+    let mesh = env
+        .start_mesh_with(&[
+            ("ORDERMESH_ENDPOINTS__PAYMENT_CANARY", canary_url.as_str()),
+            ("ORDERMESH_SAGA__PAYMENT_TIMEOUT", "3s"),
+            ("ORDERMESH_SAGA__RETRY_BACKOFF", "300ms"),
+            ("ORDERMESH_SAGA__MAX_DELIVER", "1000"),
+            ("ORDERMESH_CLIENT__TIMEOUT", "1s"),
+        ])
+        .await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "MOUSE", 20).await;
+    proxy.set(common::chaos::Faults {
+        blackhole: true,
+        ..Default::default()
+    });
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+    let mut routed = Vec::new();
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        let v2 = [("x-version", "v2")];
+        routed.push(place_with(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa", &v2).await);
+        others.push(place(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa").await);
+    }
+    for o in &others {
+        let (_, done) = watch_to_end(&mut orders, &o.order_id, WAIT).await;
+        assert_eq!(
+            done.status(),
+            OrderStatus::Confirmed,
+            "{}",
+            done.failure_reason
+        );
+    }
+    for o in &routed {
+        wait_for(&mut orders, &o.order_id, OrderStatus::Compensating).await;
+    }
+    proxy.clear();
+    for o in &routed {
+        let (_, done) = watch_to_end(&mut orders, &o.order_id, WAIT).await;
+        assert_eq!(done.status(), OrderStatus::Cancelled);
+        assert!(
+            done.failure_reason
+                .contains("process-payment timed out after 3s"),
+            "{}",
+            done.failure_reason
+        );
+    }
+    assert_eq!(item(&mut inventory, "MOUSE").await, (16, 0, 4));
+    let payments = env.db(ServiceName::Payment).await;
+    let charged: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&payments)
+        .await
+        .expect("count");
+    assert_eq!(charged, 4, "only the confirmed orders were charged");
+    let order = mesh.get(ServiceName::Order);
+    assert_eq!(
+        metric(order, "order_saga_timeouts_total{step=\"process-payment\"}").await,
+        4.0
+    );
+    let (ok, report, _) = settled(&env, &[], WAIT).await;
+    assert!(ok, "{report}");
+}
+
+/// Inventory is gone for good while a declined order must release its stock: the release
+/// retries until its deadline, then the order ends FAILED with a Failed event, one notification,
+/// a dead letter and the dead-letter metric. Once inventory is back, `ordermesh dlq redrive`
+/// finishes the compensation: CANCELLED, stock back, still one notification.
+#[tokio::test]
+async fn a_compensation_that_cannot_finish_fails_the_order_and_a_redrive_completes_it() {
+    let env = TestEnv::new();
+    let mut mesh = env
+        .start_mesh_with(&[
+            ("ORDERMESH_SAGA__COMPENSATION_TIMEOUT", "3s"),
+            ("ORDERMESH_SAGA__RETRY_BACKOFF", "300ms"),
+            ("ORDERMESH_SAGA__MAX_DELIVER", "1000"),
+            ("ORDERMESH_CLIENT__TIMEOUT", "1s"),
+        ])
+        .await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "MOUSE", 5).await;
+    let (inventory_addr, payment_addr) = (
+        mesh.get(ServiceName::Inventory).grpc_addr,
+        mesh.get(ServiceName::Payment).grpc_addr,
+    );
+    // Payment down: the saga reserves, then waits at the charge; then inventory goes too, and
+    // payment comes back to decline the card.
+    mesh.kill(ServiceName::Payment);
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+    let created = place(&mut orders, &[("MOUSE", 1, 2_500)], "declined_token").await;
+    wait_for(
+        &mut orders,
+        &created.order_id,
+        OrderStatus::InventoryReserved,
+    )
+    .await;
+    mesh.kill(ServiceName::Inventory);
+    mesh.restart(&env, ServiceName::Payment, payment_addr).await;
+
+    let (_, failed) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
+    assert_eq!(failed.status(), OrderStatus::Failed);
+    assert!(
+        failed
+            .failure_reason
+            .contains("compensation release-inventory could not finish"),
+        "{}",
+        failed.failure_reason
+    );
+    let order = mesh.get(ServiceName::Order);
+    assert_eq!(
+        metric(
+            order,
+            "order_saga_dead_letters_total{step=\"release-inventory\"}"
+        )
+        .await,
+        1.0
+    );
+    let letters = ordermesh(&env, &["dlq", "list"]);
+    assert!(letters.contains(&created.order_id), "{letters}");
+
+    mesh.restart(&env, ServiceName::Inventory, inventory_addr)
+        .await;
+    assert!(ordermesh(&env, &["dlq", "redrive", "--all"]).contains("redriven"));
+    wait_for(&mut orders, &created.order_id, OrderStatus::Cancelled).await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    assert_eq!(item(&mut inventory, "MOUSE").await, (5, 0, 0));
+    let (ok, report, _) = settled(&env, &[], WAIT).await;
+    assert!(
+        ok,
+        "one notification, stock back, nothing charged: {report}"
+    );
+}
+
+/// A run ticket lost from JetStream (what a power loss of an un-fsynced server does): the
+/// stream is purged while the saga waits out a retry, so nothing would ever resume it. The
+/// sweeper finds the saga idle past the stall threshold and re-issues its ticket.
+#[tokio::test]
+async fn a_lost_run_ticket_is_reissued_by_the_sweeper_and_the_order_still_confirms() {
+    let env = TestEnv::new();
+    let mut mesh = env
+        .start_mesh_with(&[
+            ("ORDERMESH_SAGA__RETRY_BACKOFF", "300ms"),
+            ("ORDERMESH_SAGA__MAX_DELIVER", "1000"),
+            ("ORDERMESH_SAGA__SWEEP_EVERY", "1s"),
+            ("ORDERMESH_SAGA__STALL_AFTER", "11s"),
+            ("ORDERMESH_CLIENT__TIMEOUT", "1s"),
+        ])
+        .await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "MOUSE", 5).await;
+    let inventory_addr = mesh.get(ServiceName::Inventory).grpc_addr;
+    mesh.kill(ServiceName::Inventory);
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+    let created = place(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa").await;
+    // The saga has tried and is waiting; its ticket goes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = async_nats::connect(common::nats_url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let mut runs = js
+        .get_stream(format!("{}_SAGA_RUNS", env.namespace.to_uppercase()))
+        .await
+        .expect("runs stream");
+    runs.purge().await.expect("purge");
+    assert_eq!(runs.info().await.expect("info").state.messages, 0);
+    mesh.restart(&env, ServiceName::Inventory, inventory_addr)
+        .await;
+
+    let (_, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
+    assert_eq!(done.status(), OrderStatus::Confirmed);
+    assert!(
+        metric(
+            mesh.get(ServiceName::Order),
+            "order_saga_tickets_reissued_total"
+        )
+        .await
+            >= 1.0
+    );
+    let (ok, report, _) = settled(&env, &[], WAIT).await;
+    assert!(ok, "{report}");
+}
+
+/// Two order replicas share the run tickets; one is killed with -9 while sagas run. Its tickets
+/// come back to the other after their ack wait: every order ends as it should, none charged
+/// twice, none lost.
+#[tokio::test]
+async fn a_second_replica_killed_mid_run_loses_and_doubles_nothing() {
+    let env = TestEnv::new();
+    let mesh = env
+        .start_mesh_with(&[("ORDERMESH_SAGA__RETRY_BACKOFF", "300ms")])
+        .await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "MOUSE", 1_000).await;
+    let mut second = env.spawn(ServiceName::Order, &mesh.env).await;
+    second.wait_serving().await;
+    let mut via_first = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+    let mut via_second = OrderServiceClient::new(second.channel().await);
+    // Payment stopped: every saga is mid-run, tickets held by both replicas, when one dies.
+    let payment = mesh.get(ServiceName::Payment);
+    payment.signal(Signal::SIGSTOP);
+    let mut placed = Vec::new();
+    for i in 0..40 {
+        let client = if i % 2 == 0 {
+            &mut via_first
+        } else {
+            &mut via_second
+        };
+        placed.push(place(client, &[("MOUSE", 1, 2_500)], "tok_visa").await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    second.signal(Signal::SIGKILL);
+    let _ = second.wait_exit(Duration::from_secs(5)).await;
+    payment.signal(Signal::SIGCONT);
+    for o in &placed {
+        let (_, done) = watch_to_end(&mut via_first, &o.order_id, WAIT).await;
+        assert_eq!(
+            done.status(),
+            OrderStatus::Confirmed,
+            "{}",
+            done.failure_reason
+        );
+    }
+    let payments = env.db(ServiceName::Payment).await;
+    let (charges, orders): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT order_id) FROM payments")
+            .fetch_one(&payments)
+            .await
+            .expect("count");
+    assert_eq!((charges, orders), (40, 40));
+    let (ok, report, _) = settled(&env, &[], WAIT).await;
+    assert!(ok, "{report}");
+}

@@ -334,3 +334,73 @@ async fn a_second_replica_killed_mid_run_loses_and_doubles_nothing() {
     let (ok, report, _) = settled(&env, &[], WAIT).await;
     assert!(ok, "{report}");
 }
+
+/// An outcome event lost from JetStream before the notification service read it: the sweeper
+/// asks the notification service which announced events it has, finds this one missing and
+/// publishes it again — the customer is notified once, late rather than never.
+#[tokio::test]
+async fn a_lost_outcome_event_is_published_again_and_notified_once() {
+    let env = TestEnv::new();
+    let mut mesh = env
+        .start_mesh_with(&[
+            ("ORDERMESH_SAGA__RETRY_BACKOFF", "300ms"),
+            ("ORDERMESH_SAGA__SWEEP_EVERY", "1s"),
+            ("ORDERMESH_SAGA__STALL_AFTER", "11s"),
+        ])
+        .await;
+    let mut inventory =
+        InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
+    stock(&mut inventory, "MOUSE", 5).await;
+    let notification_addr = mesh.get(ServiceName::Notification).grpc_addr;
+    mesh.kill(ServiceName::Notification);
+    let mut orders = OrderServiceClient::new(mesh.get(ServiceName::Order).channel().await);
+    let created = place(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa").await;
+    let (_, done) = watch_to_end(&mut orders, &created.order_id, WAIT).await;
+    assert_eq!(done.status(), OrderStatus::Confirmed);
+
+    // The event is in its stream, unread; it goes the way an un-fsynced write does.
+    let client = async_nats::connect(common::nats_url()).await.expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let mut events = js
+        .get_stream(format!("{}_ORDER_EVENTS", env.namespace.to_uppercase()))
+        .await
+        .expect("order events stream");
+    let subject = format!("{}.order.events.confirmed", env.namespace);
+    for _ in 0..100 {
+        if events.info().await.expect("info").state.messages == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    events.purge().filter(&subject).await.expect("purge");
+    assert_eq!(events.info().await.expect("info").state.messages, 0);
+    mesh.restart(&env, ServiceName::Notification, notification_addr)
+        .await;
+
+    let db = env.db(ServiceName::Notification).await;
+    let order_id = uuid::Uuid::parse_str(&created.order_id).expect("uuid");
+    let mut notified = 0;
+    for _ in 0..600 {
+        notified =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notifications WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_one(&db)
+                .await
+                .expect("count");
+        if notified > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(notified, 1, "the lost event was published again");
+    assert!(
+        metric(
+            mesh.get(ServiceName::Order),
+            "order_saga_events_republished_total"
+        )
+        .await
+            >= 1.0
+    );
+    let (ok, report, _) = settled(&env, &[], WAIT).await;
+    assert!(ok, "{report}");
+}

@@ -10,6 +10,7 @@ use ordermesh::{
 use tonic::{Request, Response, Status};
 
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::{store, validate};
 
@@ -41,6 +42,18 @@ impl NotificationService for Notifications {
         Ok(Response::new(ListNotificationsResponse {
             notifications,
             page: Some(PageResponse { next_page_token }),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn find_notified(
+        &self,
+        request: Request<FindNotifiedRequest>,
+    ) -> Result<Response<FindNotifiedResponse>, Status> {
+        let ids = validate::find_notified(request.get_ref())?;
+        let found = store::notified(self.pool.get()?, &ids).await?;
+        Ok(Response::new(FindNotifiedResponse {
+            event_ids: found.iter().map(Uuid::to_string).collect(),
         }))
     }
 }

@@ -59,3 +59,12 @@ pub async fn list(
     .map_err(db::status)?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
+
+/// Those of `event_ids` that have a notification (one index probe each).
+pub async fn notified(pool: &PgPool, event_ids: &[Uuid]) -> Result<Vec<Uuid>, Status> {
+    sqlx::query_scalar("SELECT event_id FROM notifications WHERE event_id = ANY($1)")
+        .bind(event_ids)
+        .fetch_all(pool)
+        .await
+        .map_err(db::status)
+}

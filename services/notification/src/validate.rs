@@ -3,7 +3,7 @@
 
 use ordermesh::{
     domain::parse_uuid,
-    proto::notification::{ListNotificationsRequest, NotificationKind},
+    proto::notification::{FindNotifiedRequest, ListNotificationsRequest, NotificationKind},
     validation::{self, Violations},
 };
 use tonic::Status;
@@ -41,4 +41,55 @@ pub fn list_notifications(r: &ListNotificationsRequest) -> Result<ListQuery, Sta
         order_id,
         kind,
     })
+}
+
+/// Most event ids one FindNotified call may ask about.
+pub const MAX_FIND_NOTIFIED: usize = 1_000;
+
+/// The event ids FindNotified asks about: 1 to [`MAX_FIND_NOTIFIED`] UUIDs.
+pub fn find_notified(r: &FindNotifiedRequest) -> Result<Vec<Uuid>, Status> {
+    let mut v = Violations::new();
+    v.check(
+        !r.event_ids.is_empty() && r.event_ids.len() <= MAX_FIND_NOTIFIED,
+        "event_ids",
+        format!(
+            "must hold 1 to {MAX_FIND_NOTIFIED} ids, got {}",
+            r.event_ids.len()
+        ),
+    );
+    let ids: Vec<Option<Uuid>> = r
+        .event_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| v.parse(&format!("event_ids[{i}]"), parse_uuid(id)))
+        .collect();
+    v.finish(ids.into_iter().collect::<Option<Vec<Uuid>>>())
+}
+
+#[cfg(test)]
+mod find_notified_tests {
+    use super::*;
+
+    fn ids(n: usize) -> FindNotifiedRequest {
+        FindNotifiedRequest {
+            event_ids: (0..n).map(|_| Uuid::now_v7().to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn between_one_and_a_thousand_uuids_are_accepted_and_anything_else_is_named() {
+        assert_eq!(find_notified(&ids(3)).map(|v| v.len()).ok(), Some(3));
+        assert!(find_notified(&ids(MAX_FIND_NOTIFIED)).is_ok());
+        let none = find_notified(&ids(0)).expect_err("empty");
+        assert!(none.message().contains("event_ids"), "{}", none.message());
+        assert!(find_notified(&ids(MAX_FIND_NOTIFIED + 1)).is_err());
+        let mut bad = ids(2);
+        bad.event_ids[1] = "nope".into();
+        let error = find_notified(&bad).expect_err("not a uuid");
+        assert!(
+            error.message().contains("event_ids[1]"),
+            "{}",
+            error.message()
+        );
+    }
 }

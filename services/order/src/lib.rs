@@ -23,6 +23,7 @@ use ordermesh::{
     nats::ensure_stream,
     proto::{
         inventory::inventory_service_client::InventoryServiceClient,
+        notification::notification_service_client::NotificationServiceClient,
         order::order_service_server::OrderServiceServer,
         payment::payment_service_client::PaymentServiceClient,
         shipping::shipping_service_client::ShippingServiceClient,
@@ -40,7 +41,7 @@ use saga::{
     messages::Names,
     runner::{self, Runner},
     steps::{Callees, Policies},
-    sweeper::{self, Sweep},
+    sweeper::{self, Sweep, Sweeper},
 };
 
 pub(crate) static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
@@ -201,13 +202,24 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             saga_settings.concurrency,
             background.token(),
         ));
+        let notifications = NotificationServiceClient::with_interceptor(
+            client::channel(
+                settings.endpoints.of(ServiceName::Notification),
+                &settings.client,
+            )
+            .context("notification endpoint")?,
+            Propagate::new(settings.client.timeout),
+        );
         background.spawn(sweeper::run(
-            pool.clone(),
-            names.clone(),
-            outbox,
-            Sweep {
-                every: saga_settings.sweep_every,
-                stall_after: saga_settings.stall_after,
+            Sweeper {
+                pool: pool.clone(),
+                names: names.clone(),
+                outbox,
+                notifications,
+                sweep: Sweep {
+                    every: saga_settings.sweep_every,
+                    stall_after: saga_settings.stall_after,
+                },
             },
             background.token(),
         ));

@@ -49,6 +49,10 @@ metric!(TICKETS_REISSUED: IntCounter = register_int_counter!(
     "order_saga_tickets_reissued_total",
     "Run tickets the sweeper re-issued for sagas that stopped moving (a lost message, or an upgrade from the per-step engine)."
 ));
+metric!(EVENTS_REPUBLISHED: IntCounter = register_int_counter!(
+    "order_saga_events_republished_total",
+    "Outcome events the sweeper published again because the notification service never recorded them (JetStream lost them)."
+));
 metric!(OUTBOX_PUBLISHED: IntCounter = register_int_counter!("ordermesh_outbox_published_total", "Outbox rows published to JetStream."));
 metric!(OUTBOX_BACKLOG: IntGauge = register_int_gauge!("ordermesh_outbox_backlog", "Outbox rows not yet published."));
 metric!(OUTBOX_OLDEST_AGE: prometheus::Gauge = prometheus::register_gauge!(
@@ -91,6 +95,7 @@ pub fn init() {
     STEP_DELIVERY_WAIT.get_sample_count();
     JOURNAL_BATCH.get_sample_count();
     TICKETS_REISSUED.get();
+    EVENTS_REPUBLISHED.get();
     OUTBOX_PUBLISHED.get();
     OUTBOX_BACKLOG.get();
     OUTBOX_OLDEST_AGE.get();

@@ -343,6 +343,8 @@ struct Entry {
     /// The view's mutable part afterwards, when the entry appends events.
     view: Option<Projection>,
     messages: Vec<Message>,
+    /// The outcome event among `messages`, kept until the notification service has it.
+    announcement: Option<Message>,
 }
 
 #[derive(Debug)]
@@ -405,6 +407,7 @@ impl Entry {
         let mut projection = Projection::of(&seen.order);
         let mut events = Vec::new();
         let mut messages = Vec::new();
+        let mut announcement = None;
         for event in appended {
             projection.apply(&event);
             let id = Uuid::now_v7();
@@ -431,14 +434,16 @@ impl Entry {
                     confirmation_number,
                     reason,
                 })?;
-                messages.push(Message {
+                let message = Message {
                     msg_id: id,
                     subject: journal
                         .order_events
                         .order_event_subject(kind.subject_token()),
                     payload,
                     headers: seen.context.clone(),
-                });
+                };
+                announcement = Some(message.clone());
+                messages.push(message);
             }
             events.push(EventRow {
                 id,
@@ -457,6 +462,7 @@ impl Entry {
             view: (!events.is_empty()).then_some(projection),
             events,
             messages,
+            announcement,
         })
     }
 }
@@ -624,6 +630,11 @@ async fn apply(
         .flat_map(|e| e.messages.iter().map(move |m| (e.order_id, m)))
         .collect();
     let outbox = Columns::of(messages.iter().map(|(_, m)| *m));
+    let announced: Vec<(Uuid, &Message)> = entries
+        .iter()
+        .filter_map(|e| e.announcement.as_ref().map(|m| (e.order_id, m)))
+        .collect();
+    let announcements = Columns::of(announced.iter().map(|(_, m)| *m));
     let payloads = events
         .iter()
         .map(|(_, e)| serde_json::to_value(&e.event).map(Json))
@@ -728,6 +739,12 @@ async fn apply(
         .bind(&outbox.subjects)
         .bind(&outbox.payloads)
         .bind(&outbox.headers)
+        // $34..$38: the announcements
+        .bind(announced.iter().map(|(o, _)| *o).collect::<Vec<_>>())
+        .bind(&announcements.msg_ids)
+        .bind(&announcements.subjects)
+        .bind(&announcements.payloads)
+        .bind(&announcements.headers)
         .fetch_all(pool)
         .await?;
     let mut moved = HashSet::new();
@@ -789,6 +806,12 @@ const BATCH_SQL: &str = "WITH input AS (
          FROM unnest($29::uuid[], $30::uuid[], $31::text[], $32::bytea[], $33::jsonb[])
              AS o(order_id, msg_id, subject, payload, headers)
          WHERE o.order_id IN (SELECT order_id FROM moved)
+     ), announced AS (
+         INSERT INTO announcements (event_id, order_id, subject, payload, headers)
+         SELECT a.event_id, a.order_id, a.subject, a.payload, a.headers
+         FROM unnest($34::uuid[], $35::uuid[], $36::text[], $37::bytea[], $38::jsonb[])
+             AS a(order_id, event_id, subject, payload, headers)
+         WHERE a.order_id IN (SELECT order_id FROM moved)
      )
      SELECT order_id, now() AS at FROM moved";
 

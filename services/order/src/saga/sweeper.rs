@@ -1,16 +1,26 @@
-//! The safety net for a lost run ticket. JetStream acknowledges a publish before it reaches the
-//! disk, and the outbox row is gone once acknowledged, so a power loss can take a ticket with it;
-//! PostgreSQL stays the truth. Every `sweep_every`, one instance at a time (a transaction-scoped
-//! advisory lock) re-issues a ticket for each unfinished saga that has not moved for longer than
-//! any legitimate wait (`stall_after`), a bounded batch per round, through the outbox. This is
-//! never the timer — redelivery is — only the net under it. Re-issuing is always safe: a
-//! duplicate ticket finds its saga running (the runner drops it, or its journal write loses the
-//! compare-and-set) or terminal (acked).
+//! The safety net for lost messages. JetStream acknowledges a publish before it reaches the
+//! disk, and the outbox row is gone once acknowledged, so a power loss can take a run ticket or
+//! an outcome event with it; PostgreSQL stays the truth. Every `sweep_every`, one instance at a
+//! time (a transaction-scoped advisory lock), in bounded batches, through the outbox:
+//! - re-issues a ticket for each unfinished saga that has not moved for longer than any
+//!   legitimate wait (`stall_after`). This is never the timer — redelivery is — only the net
+//!   under it. A duplicate ticket finds its saga running (the runner drops it, or its journal
+//!   write loses the compare-and-set) or terminal (acked);
+//! - asks the notification service which outcome events announced longer than `stall_after`
+//!   ago it has notified (`announcements`), forgets those, and re-publishes the others. A
+//!   duplicate event is dropped by the notification service (one notification per event id).
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
+use ordermesh::{
+    client::Propagate,
+    proto::notification::{
+        FindNotifiedRequest, notification_service_client::NotificationServiceClient,
+    },
+};
 use sqlx::{PgPool, types::Json};
 use tokio_util::sync::CancellationToken;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use uuid::Uuid;
 
 use super::{
@@ -26,6 +36,15 @@ const BATCH: i64 = 500;
 /// The advisory lock key that makes one instance sweep at a time ("saga-sweeper").
 const LOCK: i64 = 0x5341_4741_5357_4550;
 
+/// Announcements asked about per call (the notification service's limit).
+const ASK: i64 = 1_000;
+
+/// Rounds of announcements per sweep at most: a backlog is worked off over several sweeps.
+const ASK_ROUNDS: usize = 20;
+
+/// The notification service, as the sweeper asks it.
+pub type Notifications = NotificationServiceClient<InterceptedService<Channel, Propagate>>;
+
 /// How often and after how long without a move.
 #[derive(Debug, Clone, Copy)]
 pub struct Sweep {
@@ -33,14 +52,24 @@ pub struct Sweep {
     pub stall_after: Duration,
 }
 
+/// What the sweeper works with.
+pub struct Sweeper {
+    pub pool: PgPool,
+    pub names: Names,
+    pub outbox: Outbox,
+    pub notifications: Notifications,
+    pub sweep: Sweep,
+}
+
 /// Sweeps until `shutdown`.
-pub async fn run(
-    pool: PgPool,
-    names: Names,
-    outbox: Outbox,
-    sweep: Sweep,
-    shutdown: CancellationToken,
-) {
+pub async fn run(sweeper: Sweeper, shutdown: CancellationToken) {
+    let Sweeper {
+        pool,
+        names,
+        outbox,
+        mut notifications,
+        sweep,
+    } = sweeper;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -58,7 +87,145 @@ pub async fn run(
             }
             Err(error) => tracing::warn!(%error, "saga sweep failed; will retry"),
         }
+        for _ in 0..ASK_ROUNDS {
+            match reannounce(&pool, &mut notifications, sweep.stall_after).await {
+                Ok(Round { asked: 0, .. }) => break,
+                Ok(Round { lost, asked }) => {
+                    if !lost.is_empty() {
+                        tracing::warn!(
+                            events = lost.len(),
+                            "re-published outcome events the notification service never got"
+                        );
+                        crate::metrics::EVENTS_REPUBLISHED.inc_by(lost.len() as u64);
+                        outbox.hand_over(lost);
+                    }
+                    if asked < ASK as usize {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "checking announced outcome events failed; will retry");
+                    break;
+                }
+            }
+        }
     }
+}
+
+/// One round of [`reannounce`]: how many announcements were asked about, and the events
+/// re-published.
+struct Round {
+    asked: usize,
+    lost: Vec<Message>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SweepError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("asking the notification service: {0}")]
+    Ask(#[from] tonic::Status),
+}
+
+#[derive(sqlx::FromRow)]
+struct Announcement {
+    event_id: Uuid,
+    subject: String,
+    payload: Vec<u8>,
+    headers: Json<Context>,
+}
+
+/// Asks about the oldest announcements made before `stall_after` (not retried since): forgets
+/// the notified ones, and writes the others to the outbox again, marked retried.
+async fn reannounce(
+    pool: &PgPool,
+    notifications: &mut Notifications,
+    stall_after: Duration,
+) -> Result<Round, SweepError> {
+    let nothing = || Round {
+        asked: 0,
+        lost: Vec::new(),
+    };
+    let mut tx = pool.begin().await?;
+    let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(LOCK + 1)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !leader {
+        return Ok(nothing());
+    }
+    // Event ids are UUIDv7: the oldest come first in the primary key.
+    let stall = chrono::Duration::from_std(stall_after).unwrap_or_default();
+    let before = uuid_at(chrono::Utc::now() - stall);
+    let rows: Vec<Announcement> = sqlx::query_as(
+        "SELECT event_id, subject, payload, headers FROM announcements
+         WHERE event_id < $1 AND (retried_at IS NULL OR retried_at < now() - make_interval(secs => $2))
+         ORDER BY event_id LIMIT $3",
+    )
+    .bind(before)
+    .bind(stall_after.as_secs_f64())
+    .bind(ASK)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(nothing());
+    }
+    let asked: Vec<String> = rows.iter().map(|r| r.event_id.to_string()).collect();
+    let found = notifications
+        .find_notified(FindNotifiedRequest { event_ids: asked })
+        .await?
+        .into_inner()
+        .event_ids;
+    let notified: HashSet<Uuid> = found
+        .iter()
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect();
+    let (done, lost): (Vec<Announcement>, Vec<Announcement>) = rows
+        .into_iter()
+        .partition(|r| notified.contains(&r.event_id));
+    let done_ids: Vec<Uuid> = done.iter().map(|r| r.event_id).collect();
+    sqlx::query("DELETE FROM announcements WHERE event_id = ANY($1)")
+        .bind(&done_ids)
+        .execute(&mut *tx)
+        .await?;
+    let messages: Vec<Message> = lost
+        .into_iter()
+        .map(|r| Message {
+            // The event's own id: the notification service de-duplicates by it.
+            msg_id: r.event_id,
+            subject: r.subject,
+            payload: r.payload,
+            headers: r.headers.0,
+        })
+        .collect();
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.msg_id).collect();
+    sqlx::query("UPDATE announcements SET retried_at = now() WHERE event_id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    let rows = super::outbox::Columns::of(&messages);
+    sqlx::query(
+        "INSERT INTO outbox (msg_id, subject, payload, headers)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::jsonb[])
+         ON CONFLICT (msg_id) DO NOTHING",
+    )
+    .bind(&rows.msg_ids)
+    .bind(&rows.subjects)
+    .bind(&rows.payloads)
+    .bind(&rows.headers)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Round {
+        asked: done_ids.len() + messages.len(),
+        lost: messages,
+    })
+}
+
+/// The smallest UUIDv7 of instant `at`: every id made before `at` sorts below it.
+fn uuid_at(at: chrono::DateTime<chrono::Utc>) -> Uuid {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid()
 }
 
 /// Writes a fresh ticket to the outbox for every stalled saga (marking it moved, so the next
@@ -125,4 +292,22 @@ async fn reissue(
     .await?;
     tx.commit().await?;
     Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_made_before_an_instant_sort_below_its_bound_and_later_ones_above() {
+        let earlier = Uuid::now_v7();
+        std::thread::sleep(Duration::from_millis(2));
+        let bound = uuid_at(chrono::Utc::now());
+        std::thread::sleep(Duration::from_millis(2));
+        let later = Uuid::now_v7();
+        assert!(
+            earlier < bound && bound < later,
+            "{earlier} {bound} {later}"
+        );
+    }
 }

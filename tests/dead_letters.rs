@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    TestEnv, binary,
+    TestEnv, ordermesh,
     saga::{place, stock, watch_to_end},
 };
 use ordermesh::{
@@ -17,20 +17,6 @@ use ordermesh::{
         order::{GetSagaTimelineRequest, OrderStatus, order_service_client::OrderServiceClient},
     },
 };
-
-fn ordermesh(env: &TestEnv, args: &[&str]) -> String {
-    let output = std::process::Command::new(binary("ordermesh"))
-        .args(args)
-        .envs(env.env())
-        .output()
-        .expect("run ordermesh");
-    assert!(
-        output.status.success(),
-        "ordermesh {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 #[tokio::test]
 async fn a_dead_lettered_step_parks_its_saga_until_redrive_completes_it_once() {

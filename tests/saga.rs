@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use common::{
     TestEnv,
-    saga::{place, stock, watch_to_end},
+    saga::{item, place, stock, wait_for, watch_to_end},
 };
 use nix::sys::signal::Signal;
 use ordermesh::{
     config::ServiceName,
     proto::{
-        inventory::{GetItemRequest, inventory_service_client::InventoryServiceClient},
+        inventory::inventory_service_client::InventoryServiceClient,
         notification::{
             ListNotificationsRequest, notification_service_client::NotificationServiceClient,
         },
@@ -27,17 +27,6 @@ use ordermesh::{
 use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn item(c: &mut InventoryServiceClient<Channel>, sku: &str) -> (i64, i64, i64) {
-    let i = c
-        .get_item(GetItemRequest { sku: sku.into() })
-        .await
-        .expect("item")
-        .into_inner()
-        .item
-        .expect("item");
-    (i.available, i.reserved, i.committed)
-}
 
 async fn scalar(pool: &sqlx::PgPool, sql: &str, order_id: &str) -> i64 {
     let id = uuid::Uuid::parse_str(order_id).expect("uuid");
@@ -520,35 +509,6 @@ async fn cancelling_an_order_mid_saga_compensates_it_with_the_given_reason() {
     );
 }
 
-/// Polls GetOrder until the order shows `status`.
-async fn wait_for_status(
-    client: &mut OrderServiceClient<Channel>,
-    order_id: &str,
-    status: OrderStatus,
-) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let order = client
-            .get_order(GetOrderRequest {
-                order_id: order_id.into(),
-            })
-            .await
-            .expect("get order")
-            .into_inner()
-            .order
-            .expect("order");
-        if order.status() == status {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order {order_id} never reached {status:?}; it is {:?}",
-            order.status()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The longest reason CancelOrder accepts (488 characters once trimmed of nothing) becomes a
 /// 510-character saga reason with its prefix: it must still fit every compensation's limit at
 /// every step, or the stock stays held and the money taken.
@@ -575,7 +535,7 @@ async fn a_cancel_with_the_longest_reason_compensates_at_every_step_and_a_confir
         let addr = mesh.get(down).grpc_addr;
         mesh.kill(down);
         let created = place(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa").await;
-        wait_for_status(&mut orders, &created.order_id, held_at).await;
+        wait_for(&mut orders, &created.order_id, held_at).await;
         let cancelled = orders
             .cancel_order(ordermesh::proto::order::CancelOrderRequest {
                 order_id: created.order_id.clone(),

@@ -9,83 +9,21 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    TestEnv, binary,
+    TestEnv,
     check::settled,
-    saga::{place, place_with, stock, watch_to_end},
+    metric, ordermesh,
+    saga::{item, place, place_with, stock, wait_for, watch_to_end},
 };
 use nix::sys::signal::Signal;
 use ordermesh::{
     config::ServiceName,
     proto::{
-        inventory::{GetItemRequest, inventory_service_client::InventoryServiceClient},
-        order::{GetOrderRequest, OrderStatus, order_service_client::OrderServiceClient},
+        inventory::inventory_service_client::InventoryServiceClient,
+        order::{OrderStatus, order_service_client::OrderServiceClient},
     },
 };
-use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn item(c: &mut InventoryServiceClient<Channel>, sku: &str) -> (i64, i64, i64) {
-    let i = c
-        .get_item(GetItemRequest { sku: sku.into() })
-        .await
-        .expect("item")
-        .into_inner()
-        .item
-        .expect("item");
-    (i.available, i.reserved, i.committed)
-}
-
-async fn status(c: &mut OrderServiceClient<Channel>, order_id: &str) -> OrderStatus {
-    c.get_order(GetOrderRequest {
-        order_id: order_id.into(),
-    })
-    .await
-    .expect("get order")
-    .into_inner()
-    .order
-    .expect("order")
-    .status()
-}
-
-async fn wait_for(c: &mut OrderServiceClient<Channel>, order_id: &str, want: OrderStatus) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let now = status(c, order_id).await;
-        if now == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{order_id} is {now:?}, never {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A counter's value on a service's /metrics (0 when absent).
-async fn metric(process: &common::ServiceProcess, series: &str) -> f64 {
-    let (_, text) = common::http_get(process.admin_addr, "/metrics")
-        .await
-        .expect("metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
-fn ordermesh(env: &TestEnv, args: &[&str]) -> String {
-    let output = std::process::Command::new(binary("ordermesh"))
-        .args(args)
-        .envs(env.env())
-        .output()
-        .expect("run ordermesh");
-    assert!(
-        output.status.success(),
-        "ordermesh {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// The payment canary hangs (a blackhole) for longer than the payment step's deadline: the
 /// orders routed to it (`x-version: v2`) time out and compensate — the charge's effect is

@@ -480,3 +480,28 @@ pub fn grpcurl(args: &[&str]) -> Result<String, String> {
         Err(String::from_utf8_lossy(&output.stderr).into_owned())
     }
 }
+
+/// Runs the `ordermesh` CLI against this test's mesh; its stdout (panics on failure).
+pub fn ordermesh(env: &TestEnv, args: &[&str]) -> String {
+    let output = Command::new(binary("ordermesh"))
+        .args(args)
+        .envs(env.env())
+        .output()
+        .expect("run ordermesh");
+    assert!(
+        output.status.success(),
+        "ordermesh {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A series' value on a service's `/metrics` (0 when absent), e.g. `foo_total{step="x"}`.
+pub async fn metric(process: &ServiceProcess, series: &str) -> f64 {
+    let (_, text) = http_get(process.admin_addr, "/metrics")
+        .await
+        .expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}

@@ -5,9 +5,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use ordermesh::proto::{
     common::{Address, Money},
-    inventory::{UpsertItemRequest, inventory_service_client::InventoryServiceClient},
+    inventory::{
+        GetItemRequest, UpsertItemRequest, inventory_service_client::InventoryServiceClient,
+    },
     order::{
-        CreateOrderRequest, Order, OrderLine, OrderStatus, WatchOrderRequest,
+        CreateOrderRequest, GetOrderRequest, Order, OrderLine, OrderStatus, WatchOrderRequest,
         order_service_client::OrderServiceClient,
     },
 };
@@ -121,5 +123,42 @@ pub async fn watch_to_end(
         if order.status().is_terminal() {
             return (seen, order);
         }
+    }
+}
+
+/// An item's (available, reserved, committed).
+pub async fn item(c: &mut InventoryServiceClient<Channel>, sku: &str) -> (i64, i64, i64) {
+    let i = c
+        .get_item(GetItemRequest { sku: sku.into() })
+        .await
+        .expect("item")
+        .into_inner()
+        .item
+        .expect("item");
+    (i.available, i.reserved, i.committed)
+}
+
+/// Polls GetOrder until the order shows `want` (a minute at most).
+pub async fn wait_for(c: &mut OrderServiceClient<Channel>, order_id: &str, want: OrderStatus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = c
+            .get_order(GetOrderRequest {
+                order_id: order_id.into(),
+            })
+            .await
+            .expect("get order")
+            .into_inner()
+            .order
+            .expect("order")
+            .status();
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{order_id} is {now:?}, never {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -110,16 +110,22 @@ impl Outbox {
     }
 }
 
-/// Writes one message to the outbox on its own (for a message that is no state change's, such as
-/// the dead letter of an unreadable ticket). Hand it over after this returns.
-pub async fn write(pool: &PgPool, message: &Message) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO outbox (msg_id, subject, payload, headers) VALUES ($1, $2, $3, $4)")
-        .bind(message.msg_id)
-        .bind(&message.subject)
-        .bind(&message.payload)
-        .bind(Json(&message.headers))
-        .execute(pool)
-        .await?;
+/// Writes `messages` to the outbox outside a journal entry (a ticket re-issue, a republished
+/// event, the dead letter of an unreadable ticket), in the caller's transaction. A message
+/// whose id is there already is left as it is. Hand them over once that commits.
+pub async fn write(conn: &mut sqlx::PgConnection, messages: &[Message]) -> Result<(), sqlx::Error> {
+    let rows = Columns::of(messages);
+    sqlx::query(
+        "INSERT INTO outbox (msg_id, subject, payload, headers)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::jsonb[])
+         ON CONFLICT (msg_id) DO NOTHING",
+    )
+    .bind(&rows.msg_ids)
+    .bind(&rows.subjects)
+    .bind(&rows.payloads)
+    .bind(&rows.headers)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

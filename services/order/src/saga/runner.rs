@@ -261,7 +261,11 @@ impl Runner {
             payload: message.payload.to_vec(),
             headers,
         };
-        match super::outbox::write(self.journal.pool(), &letter).await {
+        let written = match self.journal.pool().acquire().await {
+            Ok(mut conn) => super::outbox::write(&mut conn, std::slice::from_ref(&letter)).await,
+            Err(error) => Err(error),
+        };
+        match written {
             Ok(()) => {
                 self.journal.outbox.hand_over(vec![letter]);
                 let _ = message.ack_with(AckKind::Term).await;

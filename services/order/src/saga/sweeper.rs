@@ -203,18 +203,7 @@ async fn reannounce(
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
-    let rows = super::outbox::Columns::of(&messages);
-    sqlx::query(
-        "INSERT INTO outbox (msg_id, subject, payload, headers)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::jsonb[])
-         ON CONFLICT (msg_id) DO NOTHING",
-    )
-    .bind(&rows.msg_ids)
-    .bind(&rows.subjects)
-    .bind(&rows.payloads)
-    .bind(&rows.headers)
-    .execute(&mut *tx)
-    .await?;
+    super::outbox::write(&mut tx, &messages).await?;
     tx.commit().await?;
     Ok(Round {
         asked: done_ids.len() + messages.len(),
@@ -279,17 +268,7 @@ async fn reissue(
             headers: context.0,
         });
     }
-    let rows = super::outbox::Columns::of(&messages);
-    sqlx::query(
-        "INSERT INTO outbox (msg_id, subject, payload, headers)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::jsonb[])",
-    )
-    .bind(&rows.msg_ids)
-    .bind(&rows.subjects)
-    .bind(&rows.payloads)
-    .bind(&rows.headers)
-    .execute(&mut *tx)
-    .await?;
+    super::outbox::write(&mut tx, &messages).await?;
     tx.commit().await?;
     Ok(messages)
 }

@@ -109,10 +109,9 @@ impl Runner {
     }
 
     async fn handle(&self, message: jetstream::Message) {
-        let delivered = message.info().map_or(1, |i| i.delivered);
-        if delivered == 1
-            && let Ok(info) = message.info()
-        {
+        let info = message.info().ok();
+        let delivered = info.as_ref().map_or(1, |i| i.delivered);
+        if let Some(info) = info.filter(|i| i.delivered == 1) {
             let waited = time::OffsetDateTime::now_utc() - info.published;
             crate::metrics::STEP_DELIVERY_WAIT.observe(waited.as_seconds_f64().max(0.0));
         }

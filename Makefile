@@ -20,8 +20,9 @@ infra:
 build-release:
 	$(CARGO) build --release --workspace --bins
 
+# The order service's crash points are compiled in for the tests (tests/crash_points.rs).
 build:
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins --features ordermesh-order/failpoints
 
 up: infra build-release
 	source .ordermesh/infra.env && ./target/release/ordermesh up --demo --prometheus

@@ -185,8 +185,20 @@ impl Mesh {
 
     /// Starts a service again (on its old gRPC port, so callers' channels reconnect to it).
     pub async fn restart(&mut self, env: &TestEnv, s: ServiceName, old_grpc: SocketAddr) {
+        self.restart_with(env, s, old_grpc, &[]).await;
+    }
+
+    /// [`Mesh::restart`] with extra environment for this start only.
+    pub async fn restart_with(
+        &mut self,
+        env: &TestEnv,
+        s: ServiceName,
+        old_grpc: SocketAddr,
+        only_now: &[(String, String)],
+    ) {
         let mut extra = self.env.clone();
         extra.push(("ORDERMESH_GRPC_ADDR".into(), old_grpc.to_string()));
+        extra.extend(only_now.iter().cloned());
         let process = env.spawn(s, &extra).await;
         process.wait_serving().await;
         self.services.insert(s, process);
@@ -321,10 +333,15 @@ impl ServiceProcess {
 
     /// Waits for the process to exit and returns its exit code.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        self.wait_status(timeout).await?.code()
+    }
+
+    /// Waits for the process to exit and returns how it ended (code or signal).
+    pub async fn wait_status(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
+                return Some(status);
             }
             if Instant::now() > deadline {
                 return None;

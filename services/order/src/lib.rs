@@ -75,6 +75,15 @@ pub struct SagaSettings {
     /// `ORDERMESH_SAGA__STALL_AFTER`.
     #[serde(with = "humantime_serde", default = "default_stall_after")]
     pub stall_after: std::time::Duration,
+    /// How long a runner may hold a run ticket without an in-progress ack before JetStream hands
+    /// it to another runner: how soon the sagas of a crashed instance resume. The runner sends
+    /// progress three times per period. `ORDERMESH_SAGA__TICKET_ACK_WAIT`.
+    #[serde(with = "humantime_serde", default = "default_ticket_ack_wait")]
+    pub ticket_ack_wait: std::time::Duration,
+}
+
+fn default_ticket_ack_wait() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 fn default_sweep_every() -> std::time::Duration {
@@ -98,12 +107,18 @@ impl SagaSettings {
             .max()
             .copied()
             .unwrap_or_default()
-            + saga::messages::TICKET_ACK_WAIT;
+            + self.ticket_ack_wait;
         anyhow::ensure!(
             self.stall_after > longest_wait,
             "ORDERMESH_SAGA__STALL_AFTER={:?} must be longer than the largest retry backoff plus \
              the ticket ack wait ({longest_wait:?}), or healthy sagas get their tickets re-issued",
             self.stall_after
+        );
+        anyhow::ensure!(
+            (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600))
+                .contains(&self.ticket_ack_wait),
+            "ORDERMESH_SAGA__TICKET_ACK_WAIT={:?}: use 1s-10m",
+            self.ticket_ack_wait
         );
         anyhow::ensure!(
             (1..=100_000).contains(&self.concurrency),
@@ -122,6 +137,7 @@ impl Default for SagaSettings {
             max_deliver: 12,
             sweep_every: default_sweep_every(),
             stall_after: default_stall_after(),
+            ticket_ack_wait: default_ticket_ack_wait(),
         }
     }
 }
@@ -165,8 +181,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             "saga run consumer",
             |_| true,
             || {
-                nats.jetstream
-                    .create_consumer_on_stream(names.runs_consumer(), runs_stream.as_str())
+                nats.jetstream.create_consumer_on_stream(
+                    names.runs_consumer(saga_settings.ticket_ack_wait),
+                    runs_stream.as_str(),
+                )
             },
         )
         .await?;
@@ -189,6 +207,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             journal.clone(),
             callees(&settings)?,
             i32::try_from(saga_settings.max_deliver).unwrap_or(i32::MAX),
+            saga_settings.ticket_ack_wait,
         ));
         background.spawn(saga::outbox::relay(
             pool.clone(),

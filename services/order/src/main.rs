@@ -3,6 +3,7 @@
 use ordermesh::config::{ServiceName, Settings};
 
 fn main() -> anyhow::Result<()> {
+    let _crash_points = ordermesh_order::saga::crash_point::arm();
     match std::env::args().nth(1).as_deref() {
         Some("--print-saga-graph") => {
             print!("{}", ordermesh_order::saga::definition::mermaid());

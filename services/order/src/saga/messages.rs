@@ -18,10 +18,6 @@ pub struct RunTicket {
     pub redrive: bool,
 }
 
-/// How long a runner may hold a ticket without an in-progress ack before JetStream hands it to
-/// another one: how soon a saga whose runner died resumes.
-pub const TICKET_ACK_WAIT: Duration = Duration::from_secs(10);
-
 /// Names of the saga's streams, subjects and consumers in one namespace.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -78,12 +74,13 @@ impl Names {
     /// or when its delayed NAK is due), so deliveries are unbounded. `max_ack_pending` is high
     /// on purpose: tickets waiting out a backoff count against it, and the real bound on work
     /// in flight is each instance's own limit (`ORDERMESH_SAGA__CONCURRENCY`), so one callee's
-    /// outage never starves the sagas that do not need it.
-    pub fn runs_consumer(&self) -> pull::Config {
+    /// outage never starves the sagas that do not need it. `ack_wait` is how long a runner may
+    /// hold a ticket without an in-progress ack: how soon a dead runner's sagas resume.
+    pub fn runs_consumer(&self, ack_wait: Duration) -> pull::Config {
         pull::Config {
             durable_name: Some("saga-runner".into()),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: TICKET_ACK_WAIT,
+            ack_wait,
             max_deliver: -1,
             max_ack_pending: 1_000_000,
             ..Default::default()

@@ -6,9 +6,11 @@
 //! - [`steps`]: each callee's requests and how their answers are classified;
 //! - [`messages`]: run tickets and dead letters on JetStream; [`outbox`]: how they get there;
 //! - [`sweeper`]: re-issues the ticket of a saga that stopped moving (a lost message);
+//! - [`crash_point`]: where the crash tests abort the process (a test-only feature);
 //! - [`census`]: gauges of unfinished sagas; [`metrics`]: what each entry counts.
 
 pub mod census;
+pub mod crash_point;
 pub mod decide;
 pub mod definition;
 pub mod journal;

@@ -21,9 +21,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
+    crash_point::{self, Boundary},
     decide::{Input, Next, next, retry_delay},
     journal::{Journal, JournalError, Recorded, Snapshot},
-    messages::{RunTicket, TICKET_ACK_WAIT},
+    messages::RunTicket,
     outbox::Message,
     steps::{Answer, Callees},
 };
@@ -46,6 +47,9 @@ pub struct Runner {
     pub callees: Callees,
     /// Transient failures of one step before it gives up (`ORDERMESH_SAGA__MAX_DELIVER`).
     pub max_attempts: i32,
+    /// The run consumer's ack wait (`ORDERMESH_SAGA__TICKET_ACK_WAIT`): a held ticket gets an
+    /// in-progress ack three times per period.
+    pub ack_wait: Duration,
     /// Sagas a runner of this instance is driving now: a duplicate ticket for one of them (a
     /// re-issue, a redelivery racing its own runner) is dropped, since the live run holds its
     /// own ticket.
@@ -53,11 +57,17 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(journal: Journal, callees: Callees, max_attempts: i32) -> Runner {
+    pub fn new(
+        journal: Journal,
+        callees: Callees,
+        max_attempts: i32,
+        ack_wait: Duration,
+    ) -> Runner {
         Runner {
             journal,
             callees,
             max_attempts: max_attempts.max(1),
+            ack_wait,
             running: Mutex::new(HashSet::new()),
         }
     }
@@ -135,7 +145,7 @@ impl Runner {
         );
         let context = ordermesh::context::adopt_message(&span, message.headers.as_ref());
         let work = self.drive(&ticket, context).instrument(span.clone());
-        let verdict = with_progress(&message, work).await;
+        let verdict = with_progress(&message, self.ack_wait / 3, work).await;
         let _enter = span.enter();
         match verdict {
             Verdict::Done => {
@@ -185,6 +195,7 @@ impl Runner {
                     let mut call_context = context.clone();
                     let left = (seen.saga.deadline - now).to_std().unwrap_or_default();
                     call_context.deadline = Some(std::time::Instant::now() + left);
+                    crash_point::pass(step, Boundary::BeforeCall).await;
                     let answer = call_context
                         .scope(self.callees.call(step, &seen))
                         .instrument(span.clone())
@@ -204,10 +215,14 @@ impl Runner {
                             Input::Retrying(step, error)
                         }
                     });
+                    crash_point::pass(step, Boundary::AfterCall).await;
                     let retrying = matches!(input, Input::Retrying(..));
                     let moved = match self.record(seen, input).instrument(span).await {
                         Ok((s, moved)) => {
                             seen = s;
+                            if moved {
+                                crash_point::pass(step, Boundary::AfterCheckpoint).await;
+                            }
                             moved
                         }
                         Err(verdict) => return verdict,
@@ -288,10 +303,11 @@ fn unavailable(error: &JournalError) -> Verdict {
 /// run is not handed to another runner while a dead runner's ticket is, quickly.
 async fn with_progress<T>(
     message: &jetstream::Message,
+    every: Duration,
     work: impl std::future::Future<Output = T>,
 ) -> T {
     tokio::pin!(work);
-    let mut ticker = tokio::time::interval(TICKET_ACK_WAIT / 3);
+    let mut ticker = tokio::time::interval(every);
     ticker.tick().await; // the first tick is immediate
     loop {
         tokio::select! {

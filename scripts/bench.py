@@ -295,15 +295,16 @@ def pgbench_bound(seconds: int) -> dict:
         subprocess.run(psql + ["-c", f"DROP DATABASE IF EXISTS {db}"], check=False, stdout=subprocess.DEVNULL)
 
 
-def commits_per_order(namespace: str) -> float | None:
-    """Transactions committed in the mesh's five databases per order placed (from pg_stat_database)."""
+def commits_per_order(namespace: str) -> tuple[float | None, dict]:
+    """Transactions committed per order placed (from pg_stat_database's xact_commit, which counts
+    read-only transactions too): the mesh's total, and per service database."""
     names = ",".join(f"'{namespace}_{s}'" for s in SERVICES)
     out = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", f"SELECT sum(xact_commit) FROM pg_stat_database WHERE datname IN ({names})"],
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAF", ",", "-c", f"SELECT datname, xact_commit FROM pg_stat_database WHERE datname IN ({names})"],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
+    ).stdout.split()
     orders = subprocess.run(
         ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", f"{namespace}_order", "-tAc", "SELECT count(*) FROM sagas"],
         capture_output=True,
@@ -311,8 +312,12 @@ def commits_per_order(namespace: str) -> float | None:
         check=False,
     ).stdout.strip()
     if not out or not orders.isdigit() or int(orders) == 0:
-        return None
-    return round(float(out) / int(orders), 1)
+        return None, {}
+    per_db = {}
+    for row in out:
+        name, commits = row.split(",")
+        per_db[name.removeprefix(f"{namespace}_")] = round(int(commits) / int(orders), 2)
+    return round(sum(per_db.values()), 1), dict(sorted(per_db.items()))
 
 
 # --- the search --------------------------------------------------------------------------------
@@ -487,7 +492,7 @@ def main() -> None:
         try:
             steps = search(args, namespace, mesh.pid)
             rss = peak_rss_mib(mesh.pid)
-            commits = commits_per_order(namespace)
+            commits, commits_by_database = commits_per_order(namespace)
         finally:
             stop_mesh(mesh)
     drop_databases(namespace)
@@ -510,6 +515,7 @@ def main() -> None:
         "best": best,
         "peak_rss_mib": rss,
         "commits_per_order": commits,
+        "commits_per_order_by_database": commits_by_database,
         "pgbench": bound,
         "pgbench_after": bound_after,
         # After over before: far from 1, the machine changed speed during the search.
@@ -535,6 +541,7 @@ def main() -> None:
     print(f"peak RSS per service (MiB): {rss}")
     if report["machine_drift"] and not 0.85 <= report["machine_drift"] <= 1.15:
         print(f"note: pgbench moved from {tps[0]} to {tps[1]} tx/s during the search; the machine changed speed, compare with care")
+    print(f"commits per order by database: {commits_by_database}")
     print(f"pgbench saga-step bound: {' then '.join(str(t) for t in tps)} tx/s; {commits} commits per order -> {report.get('raw_bound_orders_per_s')} orders/s; ratio {report.get('ratio_to_raw_bound')}")
     print(f"wrote {out}" + (f" and {png}" if plotted else ""))
 

@@ -8,6 +8,7 @@ mod changes;
 pub mod http;
 mod metrics;
 pub mod model;
+mod projection;
 mod read_model;
 pub mod rebuild;
 pub mod saga;

@@ -124,58 +124,6 @@ impl OrderEvent {
     }
 }
 
-/// The mutable part of an order's view row, as events change it. [`Projection::apply`] is the
-/// projection: live writes and `ordermesh projections rebuild` both use it, so they agree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Projection {
-    pub status: OrderStatus,
-    pub confirmation_number: String,
-    pub tracking_number: String,
-    pub failure_reason: String,
-    pub version: i64,
-}
-
-impl Projection {
-    pub fn of(row: &OrderRow) -> Projection {
-        Projection {
-            status: OrderStatus::from_str_name(&row.status).unwrap_or_default(),
-            confirmation_number: row.confirmation_number.clone(),
-            tracking_number: row.tracking_number.clone(),
-            failure_reason: row.failure_reason.clone(),
-            version: row.version,
-        }
-    }
-
-    /// Applies the next event (version `self.version + 1`).
-    pub fn apply(&mut self, event: &OrderEvent) {
-        self.version += 1;
-        match event {
-            OrderEvent::Submitted { .. } => self.status = OrderStatus::Pending,
-            OrderEvent::InventoryReserved { .. } => self.status = OrderStatus::InventoryReserved,
-            OrderEvent::PaymentCaptured { .. } => self.status = OrderStatus::PaymentProcessed,
-            OrderEvent::LabelCreated { tracking_number } => {
-                self.tracking_number = tracking_number.clone()
-            }
-            OrderEvent::Confirmed {
-                confirmation_number,
-            } => {
-                self.status = OrderStatus::Confirmed;
-                self.confirmation_number = confirmation_number.clone();
-            }
-            OrderEvent::CompensationStarted { reason, .. } => {
-                self.status = OrderStatus::Compensating;
-                self.failure_reason = reason.clone();
-            }
-            OrderEvent::Compensated { .. } => {}
-            OrderEvent::Cancelled { .. } => self.status = OrderStatus::Cancelled,
-            OrderEvent::Failed { reason } => {
-                self.status = OrderStatus::Failed;
-                self.failure_reason = reason.clone();
-            }
-        }
-    }
-}
-
 /// Crockford's base32 alphabet: digits and capitals without I, L, O and U, so a number read out
 /// over the phone cannot be misheard as another.
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -267,34 +215,5 @@ mod tests {
             assert_eq!(suffix.len(), 8, "{n}");
             assert!(suffix.bytes().all(|b| CROCKFORD.contains(&b)), "{n}");
         }
-    }
-
-    #[test]
-    fn the_projection_follows_a_compensated_saga_to_cancelled() {
-        let mut p = Projection {
-            status: OrderStatus::Pending,
-            confirmation_number: String::new(),
-            tracking_number: String::new(),
-            failure_reason: String::new(),
-            version: 1,
-        };
-        p.apply(&OrderEvent::InventoryReserved {
-            reservation_id: "r".into(),
-        });
-        p.apply(&OrderEvent::CompensationStarted {
-            failed_step: "process-payment".into(),
-            reason: "declined".into(),
-        });
-        assert_eq!(p.status, OrderStatus::Compensating);
-        p.apply(&OrderEvent::Compensated {
-            step: "release-inventory".into(),
-        });
-        p.apply(&OrderEvent::Cancelled {
-            reason: "declined".into(),
-        });
-        assert_eq!(
-            (p.status, p.failure_reason.as_str(), p.version),
-            (OrderStatus::Cancelled, "declined", 5)
-        );
     }
 }

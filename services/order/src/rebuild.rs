@@ -1,5 +1,5 @@
 //! Rebuilds `order_view` from `order_events`, the source of truth, with the same projection the
-//! live writes use ([`Projection::apply`]), while the service keeps serving. Run with
+//! live writes use (`projection::Replay`), while the service keeps serving. Run with
 //! `ordermesh projections rebuild`.
 //!
 //! It works through the orders in batches of [`BATCH`] ids, one short transaction each: lock the
@@ -18,7 +18,10 @@ use futures::TryStreamExt;
 use sqlx::{PgPool, types::Json};
 use uuid::Uuid;
 
-use crate::model::{AddressRecord, LineRecord, OrderEvent, OrderRow, Projection};
+use crate::{
+    model::{OrderEvent, OrderRow},
+    projection::{self, Replay},
+};
 
 /// Orders per transaction: what a concurrent transition may wait behind.
 pub const BATCH: i64 = 500;
@@ -91,73 +94,26 @@ async fn rebuild_batch(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec<Uuid>>
         )
         .bind(ids)
         .fetch(&mut *tx);
-        let mut current: Option<(OrderRow, Projection)> = None;
+        let mut current: Option<Replay> = None;
         while let Some(event) = events.try_next().await? {
-            if current
-                .as_ref()
-                .is_none_or(|(row, _)| row.order_id != event.order_id)
-            {
-                rows.extend(current.take().map(finish));
-                current = Some(start(&event)?);
-            }
-            if let Some((row, projection)) = current.as_mut() {
-                projection.apply(&event.payload.0);
-                row.updated_at = event.recorded_at;
+            match current.as_mut() {
+                Some(replay) if replay.order_id() == event.order_id => {
+                    replay.apply(&event.payload.0, event.recorded_at);
+                }
+                _ => {
+                    rows.extend(current.take().map(Replay::finish));
+                    current = Some(Replay::start(
+                        event.order_id,
+                        &event.payload.0,
+                        event.recorded_at,
+                    )?);
+                }
             }
         }
-        rows.extend(current.take().map(finish));
+        rows.extend(current.take().map(Replay::finish));
     }
-    let changed = upsert(&mut tx, &rows).await?;
+    let changed = projection::upsert(&mut tx, &rows).await?;
     tx.commit().await?;
-    Ok(changed)
-}
-
-/// Writes `rows` where they are missing or differ, in one statement; the ids written.
-async fn upsert(tx: &mut sqlx::PgConnection, rows: &[OrderRow]) -> anyhow::Result<Vec<Uuid>> {
-    let column = |f: fn(&OrderRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
-    let lines: Vec<Json<Vec<LineRecord>>> = rows.iter().map(|r| r.lines.clone()).collect();
-    let addresses: Vec<Json<AddressRecord>> =
-        rows.iter().map(|r| r.shipping_address.clone()).collect();
-    let changed = sqlx::query_scalar(
-        "INSERT INTO order_view AS v (order_id, customer_id, status, currency, total_minor, lines,
-             shipping_address, shipping_method, confirmation_number, tracking_number, failure_reason,
-             request_id, created_at, updated_at, version)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[],
-             $7::jsonb[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-             $13::timestamptz[], $14::timestamptz[], $15::bigint[])
-         ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
-             currency = EXCLUDED.currency, total_minor = EXCLUDED.total_minor, lines = EXCLUDED.lines,
-             shipping_address = EXCLUDED.shipping_address, shipping_method = EXCLUDED.shipping_method,
-             confirmation_number = EXCLUDED.confirmation_number, tracking_number = EXCLUDED.tracking_number,
-             failure_reason = EXCLUDED.failure_reason, request_id = EXCLUDED.request_id,
-             created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, version = EXCLUDED.version
-         WHERE (v.customer_id, v.status, v.currency, v.total_minor, v.lines, v.shipping_address,
-                v.shipping_method, v.confirmation_number, v.tracking_number, v.failure_reason,
-                v.request_id, v.created_at, v.updated_at, v.version)
-               IS DISTINCT FROM
-               (EXCLUDED.customer_id, EXCLUDED.status, EXCLUDED.currency, EXCLUDED.total_minor,
-                EXCLUDED.lines, EXCLUDED.shipping_address, EXCLUDED.shipping_method,
-                EXCLUDED.confirmation_number, EXCLUDED.tracking_number, EXCLUDED.failure_reason,
-                EXCLUDED.request_id, EXCLUDED.created_at, EXCLUDED.updated_at, EXCLUDED.version)
-         RETURNING order_id",
-    )
-    .bind(rows.iter().map(|r| r.order_id).collect::<Vec<Uuid>>())
-    .bind(column(|r| r.customer_id.clone()))
-    .bind(column(|r| r.status.clone()))
-    .bind(column(|r| r.currency.clone()))
-    .bind(rows.iter().map(|r| r.total_minor).collect::<Vec<i64>>())
-    .bind(lines)
-    .bind(addresses)
-    .bind(column(|r| r.shipping_method.clone()))
-    .bind(column(|r| r.confirmation_number.clone()))
-    .bind(column(|r| r.tracking_number.clone()))
-    .bind(column(|r| r.failure_reason.clone()))
-    .bind(column(|r| r.request_id.clone()))
-    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.version).collect::<Vec<i64>>())
-    .fetch_all(&mut *tx)
-    .await?;
     Ok(changed)
 }
 
@@ -167,53 +123,6 @@ async fn evict(cache: &ordermesh::cache::Cache, ids: &[Uuid]) {
     for id in unique {
         cache.delete(&crate::read_model::key(*id)).await;
     }
-}
-
-/// The row an order's first event (Submitted) creates, before any event is applied.
-fn start(first: &EventRow) -> anyhow::Result<(OrderRow, Projection)> {
-    let OrderEvent::Submitted {
-        customer_id,
-        currency,
-        total_minor,
-        lines,
-        shipping_address,
-        shipping_method,
-        request_id,
-    } = &first.payload.0
-    else {
-        anyhow::bail!(
-            "order {} does not start with a submitted event",
-            first.order_id
-        );
-    };
-    let row = OrderRow {
-        order_id: first.order_id,
-        customer_id: customer_id.clone(),
-        status: String::new(),
-        currency: currency.clone(),
-        total_minor: *total_minor,
-        lines: Json(lines.clone()),
-        shipping_address: Json(shipping_address.clone()),
-        shipping_method: shipping_method.clone(),
-        confirmation_number: String::new(),
-        tracking_number: String::new(),
-        failure_reason: String::new(),
-        request_id: request_id.clone(),
-        created_at: first.recorded_at,
-        updated_at: first.recorded_at,
-        version: 0,
-    };
-    let projection = Projection::of(&row);
-    Ok((row, projection))
-}
-
-fn finish((mut row, projection): (OrderRow, Projection)) -> OrderRow {
-    row.status = projection.status.as_str_name().to_string();
-    row.confirmation_number = projection.confirmation_number;
-    row.tracking_number = projection.tracking_number;
-    row.failure_reason = projection.failure_reason;
-    row.version = projection.version;
-    row
 }
 
 /// `ordermesh-order rebuild-projections`: connects with the service's own settings (database and

@@ -52,8 +52,14 @@ pub fn arm() -> fail::FailScenario<'static> {
     fail::FailScenario::setup()
 }
 
+/// What [`arm`] gives without the `failpoints` feature: nothing to hold.
 #[cfg(not(feature = "failpoints"))]
-pub fn arm() {}
+pub struct Unarmed;
+
+#[cfg(not(feature = "failpoints"))]
+pub fn arm() -> Unarmed {
+    Unarmed
+}
 
 /// Passes the crash point of `step` at `boundary`: aborts or holds when `FAILPOINTS` says so.
 #[cfg(feature = "failpoints")]

@@ -39,7 +39,10 @@ use super::{
     messages::{Names, RunTicket},
     outbox::{Columns, Message, Outbox},
 };
-use crate::model::{ORDER_COLUMNS, OrderEvent, OrderRow, Projection, confirmation_number};
+use crate::{
+    model::{ORDER_COLUMNS, OrderEvent, OrderRow, confirmation_number},
+    projection::Projection,
+};
 
 /// Most entries one statement commits.
 const MAX_BATCH: usize = 256;
@@ -212,18 +215,7 @@ impl Journal {
         at: DateTime<Utc>,
     ) -> Snapshot {
         let mut order = seen.order.clone();
-        if !events.is_empty() {
-            let mut projection = Projection::of(&order);
-            for event in events {
-                projection.apply(event);
-            }
-            order.status = projection.status.as_str_name().to_string();
-            order.confirmation_number = projection.confirmation_number;
-            order.tracking_number = projection.tracking_number;
-            order.failure_reason = projection.failure_reason;
-            order.version = projection.version;
-            order.updated_at = at;
-        }
+        crate::projection::advance(&mut order, events, at);
         Snapshot {
             saga: decision.saga.clone(),
             order,

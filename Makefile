@@ -11,7 +11,7 @@ help:
 	@echo "make up    - install what is missing, build (release), start the mesh, place a demo order"
 	@echo "make test  - install what is missing, then fmt check, clippy and the whole test suite"
 	@echo "make fuzz  - run every fuzz target FUZZ_SECONDS (default 60) and keep the corpus"
-	@echo "make chaos - every chaos scenario (kills, hangs, partitions, latency, overload) and its table"
+	@echo "make chaos - every chaos scenario (kills, hangs, partitions, latency, overload); writes docs/chaos.md"
 	@echo "make bench - step search for the highest sustained order rate; writes bench/results/"
 
 infra:
@@ -48,11 +48,11 @@ fuzz-smoke: infra
 fuzz: infra
 	scripts/fuzz.sh run $(FUZZ_SECONDS)
 
-# The whole chaos suite (the quick subset also runs in make test), then its table.
+# The whole chaos suite (the quick subset also runs in make test), then docs/chaos.md from it.
 chaos: infra build
 	rm -f target/chaos/results.jsonl
 	source .ordermesh/infra.env && $(CARGO) test --test chaos -- --include-ignored --test-threads 2
-	python3 scripts/chaos-table.py
+	python3 scripts/chaos-report.py
 
 # BENCH_ARGS are passed to scripts/bench.py, e.g. BENCH_ARGS="--step-seconds 30 --start-rate 200".
 BENCH_ARGS ?=

@@ -28,7 +28,7 @@ pub mod validation;
 
 /// Every binary linking ordermesh (the services, the CLI, the tests) allocates with mimalloc:
 /// a service allocates and frees small buffers for every message, call and row, and glibc's
-/// malloc was 8 % of the order service's CPU at load (README, Benchmark).
+/// malloc was 8 % of the order service's CPU at load (bench/README.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -73,7 +73,7 @@ pub struct UpArgs {
 /// PostgreSQL and NATS: the threads then spend their time waking each other across cores. No
 /// service needs more than a fraction of the machine (the order service, the busiest, used 0.3
 /// of a core at 280 orders/s on 2 cores), and on that machine one thread each cut the services'
-/// CPU per order by 10-12 % (README, Benchmark).
+/// CPU per order by 10-12 % (bench/README.md).
 fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 4).max(1))
 }

@@ -275,7 +275,7 @@ pub enum LogFormat {
 /// A configuration value that could not be used. The message names the variable.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
-pub struct ConfigError(String);
+pub struct ConfigError(pub String);
 
 impl Settings {
     /// Defaults that run on one machine with `make up`.
@@ -409,23 +409,47 @@ impl Settings {
     }
 }
 
-/// Defaults overlaid with the environment; services read their own extra sections (e.g.
-/// `ORDERMESH_SAGA__...`) with [`extract_section`].
+/// Defaults overlaid with the environment; a service's own section (e.g. `ORDERMESH_SAGA__...`)
+/// is a [`Section`].
 fn figment(service: ServiceName) -> Figment {
     Figment::from(Serialized::defaults(Settings::defaults(service)))
         .merge(Env::prefixed("ORDERMESH_").split("__").ignore(&["service"]))
 }
 
-/// Reads one section of the environment (e.g. `saga` for `ORDERMESH_SAGA__*`) over defaults.
-pub fn extract_section<T: Serialize + DeserializeOwned>(
-    section: &str,
-    defaults: T,
-) -> Result<T, ConfigError> {
-    let prefix = format!("ORDERMESH_{}__", section.to_uppercase());
-    Figment::from(Serialized::defaults(defaults))
-        .merge(Env::prefixed(&prefix).split("__"))
-        .extract()
-        .map_err(|e| describe(e, &prefix))
+/// A service's own settings (`ORDERMESH_<NAME>__*`, e.g. the order service's `saga`), read once
+/// at start beside the platform's [`Settings`] and handed to the service's `run` with them, so a
+/// service reads nothing from the environment itself.
+pub trait Section: Serialize + DeserializeOwned + Default {
+    /// The section's name: `saga` for `ORDERMESH_SAGA__*`.
+    const NAME: &'static str;
+
+    /// Checks what the types cannot; the message names the variable and what to use.
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    /// The section from the environment over its defaults, validated.
+    fn load() -> Result<Self, ConfigError> {
+        let prefix = format!("ORDERMESH_{}__", Self::NAME.to_uppercase());
+        let section: Self = Figment::from(Serialized::defaults(Self::default()))
+            .merge(Env::prefixed(&prefix).split("__"))
+            .extract()
+            .map_err(|e| describe(e, &prefix))?;
+        section.validate()?;
+        Ok(section)
+    }
+}
+
+/// The section of a service that has none of its own.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct NoSection;
+
+impl Section for NoSection {
+    const NAME: &'static str = "none";
+
+    fn load() -> Result<Self, ConfigError> {
+        Ok(NoSection)
+    }
 }
 
 /// The environment variables a settings value is read from: `prefix` + its field path in upper

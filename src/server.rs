@@ -404,7 +404,22 @@ where
     F: FnOnce(Settings, crate::signal::Terminate) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    main_with(
+        service,
+        |settings, _: crate::config::NoSection, shutdown| run(settings, shutdown),
+    )
+}
+
+/// [`main`] for a service with a settings [`Section`](crate::config::Section) of its own: it is
+/// loaded and validated with the platform's settings, before anything starts.
+pub fn main_with<S, F, Fut>(service: crate::config::ServiceName, run: F) -> anyhow::Result<()>
+where
+    S: crate::config::Section,
+    F: FnOnce(Settings, S, crate::signal::Terminate) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let settings = Settings::load(service)?;
+    let section = S::load()?;
     let mut builder = match settings.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(threads) => {
@@ -420,7 +435,7 @@ where
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
         let telemetry = crate::telemetry::init(&format!("ordermesh-{service}"), &settings.log)?;
-        let result = run(settings, crate::signal::terminate()).await;
+        let result = run(settings, section, crate::signal::terminate()).await;
         if let Err(error) = &result {
             tracing::error!(error = format!("{error:#}"), "service failed");
         }

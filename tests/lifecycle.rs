@@ -1,7 +1,8 @@
 //! Process lifecycle as Kubernetes drives it: a service started before its dependencies waits
 //! NOT_SERVING instead of crash-looping, and SIGTERM reports NOT_SERVING first, lets in-flight
 //! calls finish, then exits 0; a release rolled back after a migration starts against the newer
-//! schema; a pooled connection that died while idle is replaced before use.
+//! schema; a pooled connection that died while idle is replaced before use; a setting that
+//! cannot work stops start-up with a message naming it.
 
 mod common;
 
@@ -238,4 +239,25 @@ async fn an_idle_pooled_connection_whose_backend_died_is_replaced_before_use() {
         .expect("the dead connection was replaced before the query ran");
     assert_ne!(second, first);
     pool.close().await;
+}
+
+/// A service's own section is read and validated before anything starts: a stall threshold
+/// shorter than a legitimate wait (the 30 s backoff) stops the order service at once with a
+/// message naming the variable, and it binds nothing.
+#[test]
+fn a_saga_setting_that_cannot_work_stops_start_up_naming_the_variable() {
+    let env = TestEnv::new();
+    let output = std::process::Command::new(common::binary("ordermesh-order"))
+        .envs(env.env())
+        .env("ORDERMESH_SAGA__STALL_AFTER", "20s")
+        .output()
+        .expect("run the order binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ORDERMESH_SAGA__STALL_AFTER=20s must be longer"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("listening"), "{stdout}");
 }

@@ -20,7 +20,7 @@ use std::{future::Future, sync::Arc};
 use anyhow::Context;
 use ordermesh::{
     client::{self, Propagate},
-    config::{ServiceName, Settings},
+    config::{ConfigError, Section, ServiceName, Settings},
     nats::ensure_stream,
     proto::{
         inventory::inventory_service_client::InventoryServiceClient,
@@ -95,12 +95,11 @@ fn default_stall_after() -> std::time::Duration {
     std::time::Duration::from_secs(120)
 }
 
-impl SagaSettings {
-    /// The environment section: `ORDERMESH_SAGA__*`.
-    pub const SECTION: &str = "saga";
+impl Section for SagaSettings {
+    const NAME: &'static str = "saga";
 
     /// A stall threshold at or below a legitimate wait would re-issue tickets of healthy sagas.
-    fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let longest_wait = self
             .timeouts
             .retry_backoff
@@ -109,23 +108,27 @@ impl SagaSettings {
             .copied()
             .unwrap_or_default()
             + self.ticket_ack_wait;
-        anyhow::ensure!(
-            self.stall_after > longest_wait,
-            "ORDERMESH_SAGA__STALL_AFTER={:?} must be longer than the largest retry backoff plus \
-             the ticket ack wait ({longest_wait:?}), or healthy sagas get their tickets re-issued",
-            self.stall_after
-        );
-        anyhow::ensure!(
-            (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600))
-                .contains(&self.ticket_ack_wait),
-            "ORDERMESH_SAGA__TICKET_ACK_WAIT={:?}: use 1s-10m",
-            self.ticket_ack_wait
-        );
-        anyhow::ensure!(
-            (1..=100_000).contains(&self.concurrency),
-            "ORDERMESH_SAGA__CONCURRENCY={}: use 1-100000",
-            self.concurrency
-        );
+        if self.stall_after <= longest_wait {
+            return Err(ConfigError(format!(
+                "ORDERMESH_SAGA__STALL_AFTER={:?} must be longer than the largest retry backoff \
+                 plus the ticket ack wait ({longest_wait:?}), or healthy sagas get their tickets \
+                 re-issued",
+                self.stall_after
+            )));
+        }
+        let ack_waits = std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600);
+        if !ack_waits.contains(&self.ticket_ack_wait) {
+            return Err(ConfigError(format!(
+                "ORDERMESH_SAGA__TICKET_ACK_WAIT={:?}: use 1s-10m",
+                self.ticket_ack_wait
+            )));
+        }
+        if !(1..=100_000).contains(&self.concurrency) {
+            return Err(ConfigError(format!(
+                "ORDERMESH_SAGA__CONCURRENCY={}: use 1-100000",
+                self.concurrency
+            )));
+        }
         Ok(())
     }
 }
@@ -143,11 +146,13 @@ impl Default for SagaSettings {
     }
 }
 
-/// Serves the order API and runs the saga until `shutdown` completes.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let saga_settings: SagaSettings =
-        ordermesh::config::extract_section(SagaSettings::SECTION, SagaSettings::default())?;
-    saga_settings.validate()?;
+/// Serves the order API and runs the saga until `shutdown` completes. Reads nothing from the
+/// environment: `settings` and `saga_settings` are all it is configured by.
+pub async fn run(
+    settings: Settings,
+    saga_settings: SagaSettings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     metrics::init();
     let deps = Ready::default();
     let mut host = Host::bind(settings).await?;

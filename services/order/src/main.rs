@@ -14,6 +14,6 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?
                 .block_on(ordermesh_order::rebuild::run_command(&settings))
         }
-        _ => ordermesh::server::main(ServiceName::Order, ordermesh_order::run),
+        _ => ordermesh::server::main_with(ServiceName::Order, ordermesh_order::run),
     }
 }

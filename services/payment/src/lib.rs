@@ -12,7 +12,9 @@ pub mod validate;
 use std::future::Future;
 
 use ordermesh::{
-    config::Settings, proto::payment::payment_service_server::PaymentServiceServer, ready::Ready,
+    config::{Section, Settings},
+    proto::payment::payment_service_server::PaymentServiceServer,
+    ready::Ready,
     server::Host,
 };
 use serde::{Deserialize, Serialize};
@@ -29,9 +31,8 @@ pub struct PaymentSettings {
     pub version: Version,
 }
 
-impl PaymentSettings {
-    /// The environment section: `ORDERMESH_PAYMENT__*`.
-    pub const SECTION: &str = "payment";
+impl Section for PaymentSettings {
+    const NAME: &'static str = "payment";
 }
 
 impl Default for PaymentSettings {
@@ -43,9 +44,11 @@ impl Default for PaymentSettings {
 }
 
 /// Serves the payment API until `shutdown` completes.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let payment: PaymentSettings =
-        ordermesh::config::extract_section(PaymentSettings::SECTION, PaymentSettings::default())?;
+pub async fn run(
+    settings: Settings,
+    payment: PaymentSettings,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     metrics::init(payment.version);
     let pool = Ready::default();
     let mut host = Host::bind(settings).await?;

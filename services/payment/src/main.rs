@@ -1,6 +1,6 @@
 //! The payment service binary: see the crate documentation.
 fn main() -> anyhow::Result<()> {
-    ordermesh::server::main(
+    ordermesh::server::main_with(
         ordermesh::config::ServiceName::Payment,
         ordermesh_payment::run,
     )

@@ -529,6 +529,11 @@ def main() -> None:
         report["ratio_to_raw_bound"] = round(best["offered_rate"] / report["raw_bound_orders_per_s"], 3)
     # A watch-mode run is kept beside the day's default one.
     stem = today if args.follow == "events" else f"{today}-watch"
+    # A second run the same day is kept beside the first, never over it.
+    suffix = iter("bcdefghijklmnopqrstuvwxyz")
+    base = stem
+    while (args.out / f"{stem}.json").exists():
+        stem = f"{base}-{next(suffix)}"
     out = args.out / f"{stem}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     png = args.out / f"{stem}.png"

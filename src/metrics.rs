@@ -35,11 +35,11 @@ macro_rules! metric {
 }
 
 metric!(RPC_REQUESTS: IntCounterVec = register_int_counter_vec!(
-    Opts::new("grpc_server_requests_total", "gRPC requests handled, by service, method and status code."),
+    Opts::new("ordermesh_grpc_server_requests_total", "gRPC requests handled, by service, method and status code."),
     &["grpc_service", "grpc_method", "grpc_code"]
 ));
 metric!(RPC_DURATION: HistogramVec = register_histogram_vec!(
-    HistogramOpts::new("grpc_server_request_duration_seconds", "Time to the response headers of gRPC requests.")
+    HistogramOpts::new("ordermesh_grpc_server_request_duration_seconds", "Time to the response headers of gRPC requests.")
         .buckets(LATENCY_BUCKETS.to_vec()),
     &["grpc_service", "grpc_method"]
 ));

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RetentionSettings;
 
 crate::metric!(PRUNED: IntCounterVec = register_int_counter_vec!(
-    Opts::new("retention_pruned_rows_total", "Bookkeeping rows deleted after their retention, by table."),
+    Opts::new("ordermesh_retention_pruned_rows_total", "Bookkeeping rows deleted after their retention, by table."),
     &["table"]
 ));
 

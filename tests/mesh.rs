@@ -80,7 +80,7 @@ async fn orders_sent_with_x_version_v2_are_paid_by_the_canary_and_others_by_v1()
     let count = |body: &str, version: &str| -> f64 {
         body.lines()
             .find(|l| {
-                l.starts_with("payment_charges_total{")
+                l.starts_with("ordermesh_payment_charges_total{")
                     && l.contains(&format!("version=\"{version}\""))
                     && l.contains("outcome=\"captured\"")
             })

@@ -211,16 +211,16 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 fn metric_names_are_read_from_expressions() {
     assert_eq!(
         metric_names(
-            "histogram_quantile(0.99, sum by (le, grpc_method) (rate(grpc_server_request_duration_seconds_bucket{service=\"order\"}[1m])))"
+            "histogram_quantile(0.99, sum by (le, grpc_method) (rate(ordermesh_grpc_server_request_duration_seconds_bucket{service=\"order\"}[1m])))"
         ),
-        BTreeSet::from(["grpc_server_request_duration_seconds".to_string()])
+        BTreeSet::from(["ordermesh_grpc_server_request_duration_seconds".to_string()])
     );
     assert_eq!(
         metric_names(
-            "absent(ordermesh_ready{service=\"payment\"} == 1) or max(order_dead_letters_pending) > 0"
+            "absent(ordermesh_ready{service=\"payment\"} == 1) or max(ordermesh_dead_letters_pending) > 0"
         ),
         BTreeSet::from([
-            "order_dead_letters_pending".to_string(),
+            "ordermesh_dead_letters_pending".to_string(),
             "ordermesh_ready".to_string()
         ])
     );
@@ -397,6 +397,29 @@ async fn every_metric_in_dashboards_and_rules_is_exported_and_prometheus_sees_th
         missing.is_empty(),
         "used in dashboards or rules but exported by no service: {missing:?}"
     );
+
+    // One naming scheme (Prometheus conventions): one application prefix, counters end in
+    // `_total`, and a histogram names its unit.
+    for (service, body) in &scraped {
+        for line in body.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = line.split_whitespace().skip(2);
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            assert!(
+                name.starts_with("ordermesh_"),
+                "{service} exports {name} outside the ordermesh_ namespace"
+            );
+            match kind {
+                "counter" => assert!(name.ends_with("_total"), "{service}: counter {name}"),
+                "histogram" => assert!(
+                    name.ends_with("_seconds") || name.ends_with("_entries"),
+                    "{service}: histogram {name} names no unit"
+                ),
+                _ => {}
+            }
+        }
+    }
 
     // No order or customer id ever becomes a label value.
     for (service, body) in &scraped {

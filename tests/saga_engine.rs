@@ -99,7 +99,11 @@ async fn a_callee_down_past_its_deadline_compensates_its_sagas_while_the_others_
     assert_eq!(charged, 4, "only the confirmed orders were charged");
     let order = mesh.get(ServiceName::Order);
     assert_eq!(
-        metric(order, "order_saga_timeouts_total{step=\"process-payment\"}").await,
+        metric(
+            order,
+            "ordermesh_saga_timeouts_total{step=\"process-payment\"}"
+        )
+        .await,
         4.0
     );
     let (ok, report, _) = settled(&env, &[], WAIT).await;
@@ -155,7 +159,7 @@ async fn a_compensation_that_cannot_finish_fails_the_order_and_a_redrive_complet
     assert_eq!(
         metric(
             order,
-            "order_saga_dead_letters_total{step=\"release-inventory\"}"
+            "ordermesh_saga_dead_letters_total{step=\"release-inventory\"}"
         )
         .await,
         1.0
@@ -217,7 +221,7 @@ async fn a_lost_run_ticket_is_reissued_by_the_sweeper_and_the_order_still_confir
     assert!(
         metric(
             mesh.get(ServiceName::Order),
-            "order_saga_tickets_reissued_total"
+            "ordermesh_saga_tickets_reissued_total"
         )
         .await
             >= 1.0
@@ -339,7 +343,7 @@ async fn a_lost_outcome_event_is_published_again_and_notified_once() {
     assert!(
         metric(
             mesh.get(ServiceName::Order),
-            "order_saga_events_republished_total"
+            "ordermesh_saga_events_republished_total"
         )
         .await
             >= 1.0

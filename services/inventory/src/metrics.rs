@@ -13,19 +13,19 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 metric!(RESERVATIONS: IntCounterVec = register_int_counter_vec!(
-    Opts::new("inventory_reservations_total", "Reservation changes committed, by outcome: reserved, insufficient_stock, released, committed (replays are not counted)."),
+    Opts::new("ordermesh_inventory_reservations_total", "Reservation changes committed, by outcome: reserved, insufficient_stock, released, committed (replays are not counted)."),
     &["outcome"]
 ));
 metric!(SKU_UNITS: IntGaugeVec = register_int_gauge_vec!(
-    Opts::new("inventory_sku_units", "Units of a SKU by state (available, reserved), for the SKUs with the least available stock."),
+    Opts::new("ordermesh_inventory_sku_units", "Units of a SKU by state (available, reserved), for the SKUs with the least available stock."),
     &["sku", "state"]
 ));
 metric!(UNITS: IntGaugeVec = register_int_gauge_vec!(
-    Opts::new("inventory_units", "Units over every SKU by state (available, reserved, committed)."),
+    Opts::new("ordermesh_inventory_units", "Units over every SKU by state (available, reserved, committed)."),
     &["state"]
 ));
 metric!(SKUS: prometheus::IntGauge = prometheus::register_int_gauge!(
-    "inventory_skus", "SKUs in the catalogue."
+    "ordermesh_inventory_skus", "SKUs in the catalogue."
 ));
 
 /// Creates every outcome's series at 0 (see the order service's `metrics::init`).

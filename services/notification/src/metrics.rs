@@ -4,7 +4,7 @@ use ordermesh::metric;
 use prometheus::{IntCounterVec, Opts, register_int_counter_vec};
 
 metric!(SENT: IntCounterVec = register_int_counter_vec!(
-    Opts::new("notification_sent_total", "Notifications recorded, by kind (confirmed, cancelled); redelivered events are not counted twice."),
+    Opts::new("ordermesh_notification_sent_total", "Notifications recorded, by kind (confirmed, cancelled); redelivered events are not counted twice."),
     &["kind"]
 ));
 

@@ -9,48 +9,48 @@ use prometheus::{
     register_int_gauge_vec,
 };
 
-metric!(SAGA_STARTED: IntCounter = register_int_counter!("order_saga_started_total", "Sagas started (orders accepted)."));
-metric!(SAGA_COMPLETED: IntCounter = register_int_counter!("order_saga_completed_total", "Sagas that ended CONFIRMED."));
+metric!(SAGA_STARTED: IntCounter = register_int_counter!("ordermesh_saga_started_total", "Sagas started (orders accepted)."));
+metric!(SAGA_COMPLETED: IntCounter = register_int_counter!("ordermesh_saga_completed_total", "Sagas that ended CONFIRMED."));
 metric!(SAGA_FAILED: IntCounterVec = register_int_counter_vec!(
-    Opts::new("order_saga_failed_total", "Sagas that turned to compensation, by the forward step that failed and why: rejected (out of stock, declined), timed_out, gave_up (retries ran out) or cancelled (by request)."),
+    Opts::new("ordermesh_saga_failed_total", "Sagas that turned to compensation, by the forward step that failed and why: rejected (out of stock, declined), timed_out, gave_up (retries ran out) or cancelled (by request)."),
     &["step", "reason"]
 ));
 metric!(SAGA_DURATION: Histogram = register_histogram!(
-    HistogramOpts::new("order_saga_duration_seconds", "Time from order accepted to a terminal status.")
+    HistogramOpts::new("ordermesh_saga_duration_seconds", "Time from order accepted to a terminal status.")
         .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0])
 ));
 metric!(STEP_DELIVERY_WAIT: Histogram = register_histogram!(
     HistogramOpts::new(
-        "order_saga_step_delivery_wait_seconds",
+        "ordermesh_saga_step_delivery_wait_seconds",
         "Time a saga's run ticket spent in JetStream, from publish to a runner starting it."
     )
     .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
 ));
 metric!(SAGA_COMPENSATIONS: IntCounterVec = register_int_counter_vec!(
-    Opts::new("order_saga_compensations_total", "Compensating steps completed, by step."),
+    Opts::new("ordermesh_saga_compensations_total", "Compensating steps completed, by step."),
     &["step"]
 ));
 metric!(SAGA_TIMEOUTS: IntCounterVec = register_int_counter_vec!(
-    Opts::new("order_saga_timeouts_total", "Step deadlines that passed before the step finished, by step (a compensation's ends the saga FAILED)."),
+    Opts::new("ordermesh_saga_timeouts_total", "Step deadlines that passed before the step finished, by step (a compensation's ends the saga FAILED)."),
     &["step"]
 ));
 metric!(DEAD_LETTERS: IntCounterVec = register_int_counter_vec!(
-    Opts::new("order_saga_dead_letters_total", "Sagas parked with a dead letter, by the step that could not go on (or `undecodable` tickets)."),
+    Opts::new("ordermesh_saga_dead_letters_total", "Sagas parked with a dead letter, by the step that could not go on (or `undecodable` tickets)."),
     &["step"]
 ));
 metric!(JOURNAL_BATCH: Histogram = register_histogram!(
     HistogramOpts::new(
-        "order_saga_journal_batch_entries",
+        "ordermesh_saga_journal_batch_entries",
         "Journal entries committed together in one statement (the group commit's batch size)."
     )
     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
 ));
 metric!(TICKETS_REISSUED: IntCounter = register_int_counter!(
-    "order_saga_tickets_reissued_total",
+    "ordermesh_saga_tickets_reissued_total",
     "Run tickets the sweeper re-issued for sagas that stopped moving (a lost message, or an upgrade from the per-step engine)."
 ));
 metric!(EVENTS_REPUBLISHED: IntCounter = register_int_counter!(
-    "order_saga_events_republished_total",
+    "ordermesh_saga_events_republished_total",
     "Outcome events the sweeper published again because the notification service never recorded them (JetStream lost them)."
 ));
 metric!(OUTBOX_PUBLISHED: IntCounter = register_int_counter!("ordermesh_outbox_published_total", "Outbox rows published to JetStream."));
@@ -60,15 +60,15 @@ metric!(OUTBOX_OLDEST_AGE: prometheus::Gauge = prometheus::register_gauge!(
     "Age of the oldest unpublished outbox row (0 when empty): the relay's lag."
 ));
 metric!(SAGAS_ACTIVE: IntGaugeVec = register_int_gauge_vec!(
-    Opts::new("order_sagas_active", "Unfinished sagas by phase (forward, compensating, parked) and current step; database-wide."),
+    Opts::new("ordermesh_sagas_active", "Unfinished sagas by phase (forward, compensating, parked) and current step; database-wide."),
     &["phase", "step"]
 ));
 metric!(SAGA_STALEST_AGE: prometheus::Gauge = prometheus::register_gauge!(
-    "order_saga_stalest_age_seconds",
+    "ordermesh_saga_stalest_age_seconds",
     "Time since the least recently advanced forward or compensating saga last changed (0 when none): a stuck saga shows here."
 ));
 metric!(DEAD_LETTERS_PENDING: IntGauge = register_int_gauge!(
-    "order_dead_letters_pending",
+    "ordermesh_dead_letters_pending",
     "Messages waiting in the dead-letter stream for an operator (`ordermesh dlq list`)."
 ));
 

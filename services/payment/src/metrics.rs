@@ -6,11 +6,11 @@ use ordermesh::metric;
 use prometheus::{IntCounter, IntCounterVec, Opts, register_int_counter, register_int_counter_vec};
 
 metric!(CHARGES: IntCounterVec = register_int_counter_vec!(
-    Opts::new("payment_charges_total", "Charges by processor version and outcome: captured, declined, or error (the call failed on the server's side). Replays are not counted."),
+    Opts::new("ordermesh_payment_charges_total", "Charges by processor version and outcome: captured, declined, or error (the call failed on the server's side). Replays are not counted."),
     &["version", "outcome"]
 ));
 metric!(REFUNDS: IntCounter = register_int_counter!(
-    "payment_refunds_total",
+    "ordermesh_payment_refunds_total",
     "Refunds that returned money (replays and refunds of nothing are not counted)."
 ));
 

@@ -4,7 +4,7 @@ use ordermesh::metric;
 use prometheus::{IntCounterVec, Opts, register_int_counter_vec};
 
 metric!(LABELS: IntCounterVec = register_int_counter_vec!(
-    Opts::new("shipping_labels_total", "Label changes committed, by outcome: created or cancelled (replays are not counted)."),
+    Opts::new("ordermesh_shipping_labels_total", "Label changes committed, by outcome: created or cancelled (replays are not counted)."),
     &["outcome"]
 ));
 

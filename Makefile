@@ -20,7 +20,7 @@ infra:
 build-release:
 	$(CARGO) build --release --workspace --bins
 
-# The order service's crash points are compiled in for the tests (tests/crash_points.rs).
+# The order service's crash points are compiled in for the tests (tests/e2e/saga_engine.rs).
 build:
 	$(CARGO) build --workspace --bins --features ordermesh-order/failpoints
 
@@ -34,7 +34,7 @@ lint:
 	$(CARGO) deny check licenses bans sources
 
 # Service binaries are built first: the end-to-end tests start them as separate processes.
-# The fuzz targets' corpus is replayed by a plain test (tests/fuzz_corpus.rs); libFuzzer runs
+# The fuzz targets' corpus is replayed by a plain test (tests/e2e/fuzz_corpus.rs); libFuzzer runs
 # are `make fuzz-smoke` and `make fuzz`, which need an instrumented build of their own.
 test: infra lint build
 	source .ordermesh/infra.env && $(CARGO) test --workspace
@@ -51,7 +51,7 @@ fuzz: infra
 # The whole chaos suite (the quick subset also runs in make test), then docs/chaos.md from it.
 chaos: infra build
 	rm -f target/chaos/results.jsonl
-	source .ordermesh/infra.env && $(CARGO) test --test chaos -- --include-ignored --test-threads 2
+	source .ordermesh/infra.env && $(CARGO) test --test e2e chaos:: -- --include-ignored --test-threads 2
 	python3 scripts/chaos-report.py
 
 # BENCH_ARGS are passed to scripts/bench.py, e.g. BENCH_ARGS="--step-seconds 30 --start-rate 200".

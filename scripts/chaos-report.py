@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes docs/chaos.md from a `make chaos` run: what the suite does, then the table of the run in
-target/chaos/results.jsonl (written by tests/chaos.rs) with its date, machine and commit.
+target/chaos/results.jsonl (written by tests/e2e/chaos.rs) with its date, machine and commit.
 
     python3 scripts/chaos-report.py [results.jsonl] [--out docs/chaos.md]
 """
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 INTRO = """# Chaos: real faults on real processes
 
 The promise — every order ends CONFIRMED or cleanly compensated, nothing lost or doubled — is
-tested with real faults on real processes. Each scenario in `tests/chaos.rs` runs a stream of
+tested with real faults on real processes. Each scenario in `tests/e2e/chaos.rs` runs a stream of
 mixed orders (90 % in stock with a good card, 5 % out of stock, 5 % declined, each with a
 request id the stream retries with while the order service is unreachable), injects its fault,
 waits until every order is terminal and then runs `ordermesh check` over the test's databases:
@@ -27,13 +27,13 @@ is allowed, lost is not: the check is repeated for up to a minute (a notificatio
 a connection reset cut is redelivered after the consumer's 30 s ack wait), and whatever it still
 finds then fails the scenario.
 
-The harness (`tests/common/chaos.rs`) owns what it breaks: a private nats-server (store kept
+The harness (`tests/e2e/common/chaos.rs`) owns what it breaks: a private nats-server (store kept
 across restarts), a private PostgreSQL (initdb in a temp dir, crash-restarted), a private Redis,
 and `FaultProxy`, a TCP proxy put in front of a service or of NATS that adds latency with jitter
 (a delay line, so concurrent streams are not serialised), caps bandwidth, blackholes, or resets
 connections (RST) at random. Processes are killed with SIGKILL or hung with SIGSTOP/SIGCONT.
 Crashes at exact points of the saga (before a call, after its answer, after its checkpoint) are
-tested apart, in `tests/saga_engine.rs`.
+tested apart, in `tests/e2e/saga_engine.rs`.
 
 ```sh
 make chaos    # every scenario, then this page is written again from the run

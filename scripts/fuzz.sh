@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh smoke [SECONDS]  each target for SECONDS (default 3) from the committed corpus,
 #                                    which it leaves untouched; dev build without a sanitizer so the
 #                                    cold build stays short (make fuzz-smoke; `make test` instead
-#                                    replays the corpus through the same checks, tests/fuzz_corpus.rs)
+#                                    replays the corpus through the same checks, tests/e2e/fuzz_corpus.rs)
 #   scripts/fuzz.sh run [SECONDS]    each target for SECONDS (default 60) with AddressSanitizer and
 #                                    optimisations, new inputs kept in fuzz/corpus, which is then
 #                                    minimised again (make fuzz)

@@ -2,7 +2,7 @@
 #![no_main]
 
 // The target's checks live in fuzz/checks so that `make test` replays the corpus through the
-// very same code as a plain test (tests/fuzz_corpus.rs), without an instrumented build.
+// very same code as a plain test (tests/e2e/fuzz_corpus.rs), without an instrumented build.
 #[path = "../checks/jetstream_messages.rs"]
 mod checks;
 

@@ -2,7 +2,7 @@
 //! the happy path, business failures that compensate, a hung payment service that times out,
 //! and a crash of the order service with sagas in flight.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The order service's HTTP/JSON surface: same validation and errors as gRPC, on the gRPC port.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, http_request};
 use ordermesh::config::ServiceName;

@@ -2,7 +2,7 @@
 //! client request ids, the sandbox processor and its versions, refunds that never exceed the
 //! charge, compensations that block late effects, and one notification per outcome event.
 
-mod common;
+use crate::common;
 
 use common::TestEnv;
 use ordermesh::proto::inventory::inventory_service_client::InventoryServiceClient;

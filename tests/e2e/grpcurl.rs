@@ -1,7 +1,7 @@
 //! What an operator sees with the real `grpcurl`: reflection lists each service's API and
 //! health, health answers SERVING, `describe` shows the contract's documentation, and calls work.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, grpcurl};
 use ordermesh::config::ServiceName;

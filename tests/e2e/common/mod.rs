@@ -3,7 +3,6 @@
 //! `<NS>_*`), on ports the services pick themselves (port 0, read back from their `listening`
 //! log line). Everything a test started is killed, and its databases and streams dropped, when
 //! the test ends, also when it panics. `TEST_LOG=1` echoes service logs.
-#![allow(dead_code)]
 
 pub mod chaos;
 pub mod check;

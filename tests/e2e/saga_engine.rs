@@ -4,7 +4,7 @@
 //! ticket is re-issued by the sweeper; a replica killed with -9 mid-run loses and doubles
 //! nothing; a crash at any step boundary of any step or compensation loses nothing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

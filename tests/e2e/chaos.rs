@@ -4,7 +4,7 @@
 //! rest is `#[ignore]`d and runs with `make chaos`, which prints a table of every scenario
 //! (from `target/chaos/results.jsonl`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

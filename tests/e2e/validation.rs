@@ -1,7 +1,7 @@
 //! Bad input gets INVALID_ARGUMENT (RESOURCE_EXHAUSTED for oversized messages) naming the
 //! field, and nothing is written.
 
-mod common;
+use crate::common;
 
 use common::TestEnv;
 use ordermesh::{

@@ -1,7 +1,7 @@
 //! Inventory against a real PostgreSQL: all-or-nothing reservations that never oversell under
 //! concurrency, idempotent replays, and stock conservation through release and commit.
 
-mod common;
+use crate::common;
 
 use common::TestEnv;
 use ordermesh::{

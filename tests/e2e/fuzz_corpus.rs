@@ -12,11 +12,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-#[path = "../fuzz/checks/http_json.rs"]
+#[path = "../../fuzz/checks/http_json.rs"]
 mod http_json;
-#[path = "../fuzz/checks/jetstream_messages.rs"]
+#[path = "../../fuzz/checks/jetstream_messages.rs"]
 mod jetstream_messages;
-#[path = "../fuzz/checks/requests.rs"]
+#[path = "../../fuzz/checks/requests.rs"]
 mod requests;
 
 /// Mutated inputs per target, on top of the corpus: about a second of a debug build each.

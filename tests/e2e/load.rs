@@ -1,7 +1,7 @@
 //! `ordermesh load` smoke run: a short open-loop run whose statistics must agree with the orders
 //! actually stored. No timing thresholds: speed is measured by `make bench`, not asserted here.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, binary, nats_url};
 use ordermesh::config::ServiceName;

@@ -2,7 +2,7 @@
 //! (examples/python, grpcio-tools) and the JavaScript one (examples/typescript, protoc-gen-es
 //! with Connect's gRPC transport) are generated at test time and run against a live mesh.
 
-mod common;
+use crate::common;
 
 use std::{
     path::{Path, PathBuf},

@@ -2,7 +2,7 @@
 //! compensated, not silently stuck); after the cause is fixed, `ordermesh dlq redrive` completes
 //! the saga exactly once. An undecodable message lands in the dead-letter stream with its payload.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

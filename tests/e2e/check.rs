@@ -2,7 +2,7 @@
 //! (with the offending ids) once the data is damaged: every invariant it has is injected here
 //! into the real databases and must fire, so none of them is a check that cannot fail.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

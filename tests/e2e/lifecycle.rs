@@ -4,7 +4,7 @@
 //! schema; a pooled connection that died while idle is replaced before use; a setting that
 //! cannot work stops start-up with a message naming it.
 
-mod common;
+use crate::common;
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -3,7 +3,7 @@
 //! for them. And least privilege in the databases: each service on its own role, which cannot
 //! reach another service's database.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

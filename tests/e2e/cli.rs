@@ -1,7 +1,7 @@
 //! The `ordermesh` CLI as a user runs it: `up --demo` starts all five services and places an
 //! order, client commands talk to them, Ctrl-C stops everything; bad arguments say what to fix.
 
-mod common;
+use crate::common;
 
 use std::{
     io::{BufRead, BufReader},

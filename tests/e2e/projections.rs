@@ -1,7 +1,7 @@
 //! `ordermesh projections rebuild` reproduces `order_view` exactly from `order_events`, evicts the
 //! cached copies it changed, and runs while the mesh keeps taking orders.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! a running mesh and answering the overview's main queries, and one trace per order across all
 //! five services and the JetStream hops, caught by an OTLP receiver inside this test.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::{BTreeSet, HashMap},

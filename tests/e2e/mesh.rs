@@ -1,7 +1,7 @@
 //! The mesh's traffic policy without a mesh: the payment canary routed by `x-version`, as the
 //! VirtualService does, and the in-process call policy keeping numbers in step with istio/.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashMap,

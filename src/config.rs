@@ -428,9 +428,19 @@ pub trait Section: Serialize + DeserializeOwned + Default {
         Ok(())
     }
 
+    /// The variables' common prefix: `ORDERMESH_SAGA__` for `saga`.
+    fn prefix() -> String {
+        format!("ORDERMESH_{}__", Self::NAME.to_uppercase())
+    }
+
+    /// Every environment variable the section is read from (see [`variables`]).
+    fn variables() -> std::collections::BTreeSet<String> {
+        variables(&Self::prefix(), &Self::default())
+    }
+
     /// The section from the environment over its defaults, validated.
     fn load() -> Result<Self, ConfigError> {
-        let prefix = format!("ORDERMESH_{}__", Self::NAME.to_uppercase());
+        let prefix = Self::prefix();
         let section: Self = Figment::from(Serialized::defaults(Self::default()))
             .merge(Env::prefixed(&prefix).split("__"))
             .extract()

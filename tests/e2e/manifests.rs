@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use ordermesh::config::{Settings, variables};
+use ordermesh::config::{Section, Settings};
 use prost::Message;
 use serde_json::Value;
 
@@ -117,14 +117,8 @@ fn every_overlay_renders_and_validates_against_kubernetes_and_crd_schemas() {
 /// Every variable any ordermesh binary reads.
 fn known_variables() -> BTreeSet<String> {
     let mut known = Settings::variables();
-    known.extend(variables(
-        "ORDERMESH_SAGA__",
-        &ordermesh_order::SagaSettings::default(),
-    ));
-    known.extend(variables(
-        "ORDERMESH_PAYMENT__",
-        &ordermesh_payment::PaymentSettings::default(),
-    ));
+    known.extend(ordermesh_order::SagaSettings::variables());
+    known.extend(ordermesh_payment::PaymentSettings::variables());
     known
 }
 

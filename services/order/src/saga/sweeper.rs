@@ -170,9 +170,10 @@ async fn reannounce(
     if rows.is_empty() {
         return Ok(nothing());
     }
-    let asked: Vec<String> = rows.iter().map(|r| r.event_id.to_string()).collect();
+    let asked = rows.len();
+    let event_ids: Vec<String> = rows.iter().map(|r| r.event_id.to_string()).collect();
     let found = notifications
-        .find_notified(FindNotifiedRequest { event_ids: asked })
+        .find_notified(FindNotifiedRequest { event_ids })
         .await?
         .into_inner()
         .event_ids;
@@ -206,7 +207,7 @@ async fn reannounce(
     super::outbox::write(&mut tx, &messages).await?;
     tx.commit().await?;
     Ok(Round {
-        asked: done_ids.len() + messages.len(),
+        asked,
         lost: messages,
     })
 }

@@ -1,6 +1,7 @@
 //! Clients generated from proto/ in other ecosystems keep working: the Python example
-//! (examples/python, grpcio-tools) and the JavaScript one (examples/typescript, protoc-gen-es
-//! with Connect's gRPC transport) are generated at test time and run against a live mesh.
+//! (examples/python, grpcio-tools) and the TypeScript one (examples/typescript, protoc-gen-es
+//! with Connect's gRPC transport, type-checked by `tsc --noEmit`) are generated at test time and
+//! run against a live mesh.
 
 use crate::common;
 
@@ -131,20 +132,34 @@ async fn the_generated_python_client_places_an_order_watches_it_and_reads_its_ti
     let _ = std::fs::remove_dir_all(&generated);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_generated_javascript_client_places_an_order_watches_it_and_reads_its_timeline() {
-    let example = root().join("examples/typescript");
+/// The TypeScript example's compiler, from its own package (scripts/infra.sh runs `npm ci`).
+fn tsc(example: &Path) -> PathBuf {
+    example.join("node_modules/.bin/tsc")
+}
+
+/// Generates the TypeScript client from proto/ into examples/typescript/gen.
+fn generate_typescript(example: &Path) {
     run(
         root().join("tools/node_modules/.bin/buf"),
         &["generate", "--template", "buf.gen.yaml", "../../proto"],
-        &example,
+        example,
         &[],
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_generated_typescript_client_type_checks_places_an_order_watches_it_and_reads_its_timeline()
+ {
+    let example = root().join("examples/typescript");
+    generate_typescript(&example);
+    run(tsc(&example), &["--noEmit", "-p", "."], &example, &[]);
+    type_check_rejects_a_field_of_the_wrong_type(&example);
+    run(tsc(&example), &["-p", "."], &example, &[]);
     place_an_order_with(
         move |_, url| {
             run(
                 "node",
-                &["place_order.mjs", "--target", &url, "--sku", "LAPTOP"],
+                &["dist/place_order.js", "--target", &url, "--sku", "LAPTOP"],
                 &example,
                 &[],
             )
@@ -153,4 +168,42 @@ async fn the_generated_javascript_client_places_an_order_watches_it_and_reads_it
         "SUCCEEDED",
     )
     .await;
+}
+
+/// The type check has teeth: the example with a number where the generated type says string
+/// does not compile, so a drifted proto breaks `make test` rather than a user's build.
+fn type_check_rejects_a_field_of_the_wrong_type(example: &Path) {
+    let source = std::fs::read_to_string(example.join("place_order.ts")).expect("place_order.ts");
+    let wrong = source.replace(r#"customerId: "cust-ts-example""#, "customerId: 42");
+    assert_ne!(
+        wrong, source,
+        "the example no longer sets customerId as the probe expects"
+    );
+    let probe = example.join(format!("type-probe-{}.ts", std::process::id()));
+    std::fs::write(&probe, wrong).expect("write the probe");
+    let output = Command::new(tsc(example))
+        .args([
+            "--noEmit", "--strict", "--target", "es2022", "--module", "nodenext",
+        ])
+        .args([
+            "--moduleResolution",
+            "nodenext",
+            "--types",
+            "node",
+            "--skipLibCheck",
+        ])
+        .arg(&probe)
+        .current_dir(example)
+        .output()
+        .expect("run tsc (scripts/infra.sh installs it)");
+    let _ = std::fs::remove_file(&probe);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "tsc accepted a number as customerId:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("TS2322") && stdout.contains("'number' is not assignable to type 'string'"),
+        "tsc failed for another reason than the wrong type:\n{stdout}"
+    );
 }

@@ -99,10 +99,11 @@ impl TestEnv {
             ("ORDERMESH_ADMIN_ADDR".into(), "127.0.0.1:0".into()),
             ("ORDERMESH_LOG__FORMAT".into(), "json".into()),
             ("ORDERMESH_LOG__FILTER".into(), "info".into()),
-            // The runtime `ordermesh up` gives each service on a small machine (current-thread),
-            // so the suite tests what runs there; a test may pass its own.
-            ("ORDERMESH_WORKER_THREADS".into(), "1".into()),
         ]);
+        // ORDERMESH_WORKER_THREADS stays unset: the multi-thread runtime with one worker per
+        // core, what the Kubernetes manifests run. The current-thread runtime `ordermesh up`
+        // gives each service on a small machine is run by the `up` test (tests/e2e/cli.rs) and
+        // by the tests that pass their own.
         env
     }
 

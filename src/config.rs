@@ -146,11 +146,25 @@ impl fmt::Debug for DatabaseSettings {
     }
 }
 
-/// NATS JetStream connection. `ORDERMESH_NATS__URL`.
+/// NATS JetStream: where, and how many copies of each stream it keeps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NatsSettings {
+    /// `ORDERMESH_NATS__URL`: one server, or several separated by commas (a cluster's seeds; the
+    /// client learns the rest from the cluster).
     pub url: String,
+    /// `ORDERMESH_NATS__REPLICAS`: copies of every stream the services create (1-5; the
+    /// consumers inherit it). 1 for one server (`make up`); 3 in production, where the NATS
+    /// cluster has three or more JetStream servers and a stream survives losing one.
+    #[serde(default = "one_replica")]
+    pub replicas: usize,
 }
+
+fn one_replica() -> usize {
+    1
+}
+
+/// JetStream's limit on the copies of one stream.
+pub const MAX_NATS_REPLICAS: usize = 5;
 
 /// Redis, used only as a read-through cache: when it is down reads get slower, never wrong.
 /// `ORDERMESH_REDIS__URL`; an empty URL disables the cache.
@@ -294,6 +308,7 @@ impl Settings {
             },
             nats: NatsSettings {
                 url: DEFAULT_NATS_URL.into(),
+                replicas: 1,
             },
             redis: RedisSettings {
                 url: "redis://127.0.0.1:6379".into(),
@@ -395,6 +410,13 @@ impl Settings {
         {
             return Err(ConfigError(format!(
                 "ORDERMESH_WORKER_THREADS={n}: use 1-{MAX_WORKER_THREADS}, or leave it unset for one per core"
+            )));
+        }
+        if !(1..=MAX_NATS_REPLICAS).contains(&self.nats.replicas) {
+            return Err(ConfigError(format!(
+                "ORDERMESH_NATS__REPLICAS={}: use 1-{MAX_NATS_REPLICAS}, at most the JetStream \
+                 servers of the cluster",
+                self.nats.replicas
             )));
         }
         let r = &self.retention;
@@ -603,6 +625,29 @@ mod tests {
             let s = Settings::load(ServiceName::Payment).map_err(|e| e.to_string())?;
             assert_eq!(s.database_name(), "staging_payment");
             assert_eq!(s.shutdown.delay, Duration::from_secs(5));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn stream_replicas_default_to_one_and_more_than_jetstream_allows_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(ServiceName::Order).map_err(|e| e.to_string())?;
+            assert_eq!(s.nats.replicas, 1);
+            jail.set_env("ORDERMESH_NATS__REPLICAS", "3");
+            let s = Settings::load(ServiceName::Order).map_err(|e| e.to_string())?;
+            assert_eq!(s.nats.replicas, 3);
+            for bad in ["0", "6"] {
+                jail.set_env("ORDERMESH_NATS__REPLICAS", bad);
+                let error = Settings::load(ServiceName::Order)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(
+                    error.contains(&format!("ORDERMESH_NATS__REPLICAS={bad}: use 1-5")),
+                    "{error}"
+                );
+            }
             Ok(())
         });
     }

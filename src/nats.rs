@@ -21,11 +21,12 @@ pub enum NatsError {
     },
 }
 
-/// A connected client and its JetStream context.
+/// A connected client, its JetStream context, and the replicas every stream is created with.
 #[derive(Clone, Debug)]
 pub struct Nats {
     pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
+    replicas: usize,
 }
 
 /// Connects once (fails fast while the server is down; callers retry at start-up). After that
@@ -42,18 +43,27 @@ pub async fn connect(settings: &NatsSettings, client_name: &str) -> Result<Nats,
             source,
         })?;
     let jetstream = jetstream::new(client.clone());
-    Ok(Nats { client, jetstream })
+    Ok(Nats {
+        client,
+        jetstream,
+        replicas: settings.replicas,
+    })
 }
 
-/// Creates the stream, or updates it to `config` if it exists with other settings.
-pub async fn ensure_stream(
-    js: &jetstream::Context,
-    config: stream::Config,
-) -> Result<stream::Info, NatsError> {
-    let name = config.name.clone();
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|source| NatsError::Stream { name, source })
+impl Nats {
+    /// Creates the stream with the configured replicas, or updates it to `config` if it exists
+    /// with other settings. Consumers created on it inherit its replicas.
+    pub async fn ensure_stream(&self, config: stream::Config) -> Result<stream::Info, NatsError> {
+        let name = config.name.clone();
+        let config = stream::Config {
+            num_replicas: self.replicas,
+            ..config
+        };
+        self.jetstream
+            .create_or_update_stream(config)
+            .await
+            .map_err(|source| NatsError::Stream { name, source })
+    }
 }
 
 /// Stream and subject names of one namespace, so meshes and tests sharing a server never meet.

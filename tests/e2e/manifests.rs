@@ -183,12 +183,7 @@ fn rendered_objects_agree_with_each_other_and_with_the_binaries() {
             ours.len() >= SERVICES.len(),
             "{overlay}: missing Deployments"
         );
-        let config: HashMap<String, String> = of_kind(&all, "ConfigMap")
-            .iter()
-            .filter(|c| name(c).starts_with("ordermesh-config"))
-            .flat_map(|c| c["data"].as_object().cloned().unwrap_or_default())
-            .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
-            .collect();
+        let config = shared_config(&all);
         let grpc_port: u64 = config["ORDERMESH_GRPC_ADDR"]
             .rsplit(':')
             .next()
@@ -276,6 +271,9 @@ fn rendered_objects_agree_with_each_other_and_with_the_binaries() {
             let app = pdb["spec"]["selector"]["matchLabels"]["app"]
                 .as_str()
                 .unwrap_or_default();
+            if !SERVICES.contains(&app) {
+                continue; // NATS's budget: the stream replicas test
+            }
             let min = pdb["spec"]["minAvailable"].as_u64().expect("minAvailable");
             let replicas: u64 = ours
                 .iter()
@@ -463,4 +461,67 @@ fn the_prometheus_rule_is_exactly_the_tested_alert_rules() {
         resource["spec"]["groups"], rule_file["groups"],
         "k8s/components/monitoring/prometheusrule.yaml is stale: run python3 scripts/prometheus-rule.py"
     );
+}
+
+/// The ordermesh-config data of one rendered overlay.
+fn shared_config(all: &[Value]) -> HashMap<String, String> {
+    of_kind(all, "ConfigMap")
+        .iter()
+        .filter(|c| name(c).starts_with("ordermesh-config"))
+        .flat_map(|c| c["data"].as_object().cloned().unwrap_or_default())
+        .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+#[test]
+fn stream_replicas_never_exceed_the_jetstream_servers_and_prod_routes_to_every_server() {
+    for overlay in [
+        "k8s/overlays/dev",
+        "k8s/overlays/prod",
+        "k8s/overlays/canary",
+    ] {
+        let all = objects(&render(overlay));
+        let replicas: u64 = shared_config(&all)
+            .get("ORDERMESH_NATS__REPLICAS")
+            .map_or(1, |r| {
+                r.parse().expect("ORDERMESH_NATS__REPLICAS is a number")
+            });
+        let nats = of_kind(&all, "StatefulSet")
+            .into_iter()
+            .find(|s| name(s) == "nats")
+            .unwrap_or_else(|| panic!("{overlay}: no NATS StatefulSet"));
+        let servers = nats["spec"]["replicas"].as_u64().expect("NATS replicas");
+        assert!(
+            replicas <= servers,
+            "{overlay}: {replicas} stream replicas on {servers} NATS servers"
+        );
+        if overlay == "k8s/overlays/dev" {
+            assert_eq!((replicas, servers), (1, 1), "{overlay}");
+            continue;
+        }
+        assert_eq!(
+            (replicas, servers),
+            (3, 3),
+            "{overlay}: R3 on a 3-node cluster"
+        );
+        let conf = of_kind(&all, "ConfigMap")
+            .into_iter()
+            .find(|c| name(c).starts_with("nats-config"))
+            .and_then(|c| c["data"]["nats.conf"].as_str())
+            .unwrap_or_else(|| panic!("{overlay}: no nats.conf"));
+        let headless = nats["spec"]["serviceName"].as_str().expect("serviceName");
+        for pod in 0..servers {
+            let route = format!("nats://nats-{pod}.{headless}.ordermesh.svc.cluster.local:6222");
+            assert!(conf.contains(&route), "{overlay}: no route {route}");
+        }
+        assert!(conf.contains("jetstream") && conf.contains("server_name: $POD_NAME"));
+        let budget = of_kind(&all, "PodDisruptionBudget")
+            .into_iter()
+            .find(|p| name(p) == "nats")
+            .unwrap_or_else(|| panic!("{overlay}: no NATS disruption budget"));
+        assert_eq!(
+            budget["spec"]["maxUnavailable"], 1,
+            "{overlay}: a drain may take one server of three, never the majority"
+        );
+    }
 }

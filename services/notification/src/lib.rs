@@ -38,7 +38,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         ordermesh::startup::retry(
             "order events stream",
             |_| true,
-            || ordermesh::nats::ensure_stream(&nats.jetstream, names.order_events_config()),
+            || nats.ensure_stream(names.order_events_config()),
         )
         .await?;
         let stream = names.order_events_stream();

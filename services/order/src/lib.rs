@@ -21,7 +21,6 @@ use anyhow::Context;
 use ordermesh::{
     client::{self, Propagate},
     config::{ConfigError, Section, ServiceName, Settings},
-    nats::ensure_stream,
     proto::{
         inventory::inventory_service_client::InventoryServiceClient,
         notification::notification_service_client::NotificationServiceClient,
@@ -178,7 +177,7 @@ pub async fn run(
             retry(
                 "saga streams",
                 |_| true,
-                || ensure_stream(&nats.jetstream, config.clone()),
+                || nats.ensure_stream(config.clone()),
             )
             .await?;
         }

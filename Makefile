@@ -12,7 +12,7 @@ help:
 	@echo "make test  - install what is missing, then fmt check, clippy and the whole test suite"
 	@echo "make fuzz  - run every fuzz target FUZZ_SECONDS (default 60) and keep the corpus"
 	@echo "make chaos - every chaos scenario (kills, hangs, partitions, latency, overload); writes docs/chaos.md"
-	@echo "make bench - step search for the highest sustained order rate; writes bench/results/"
+	@echo "make bench - step search for the highest sustained order rate; writes bench/results/ and docs/capacity.md"
 
 infra:
 	@scripts/infra.sh
@@ -59,6 +59,7 @@ BENCH_ARGS ?=
 bench: infra build-release
 	python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore matplotlib
 	source .ordermesh/infra.env && python3 scripts/bench.py $(BENCH_ARGS)
+	python3 scripts/capacity.py
 
 fmt:
 	$(CARGO) fmt --all

@@ -67,12 +67,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--follow", choices=["events", "watch"], default="events",
                    help="how the generator sees an order finish: its outcome event on NATS (default; the saga's own cost) "
                         "or a WatchOrder stream per order (adds the order service's watch work)")
+    p.add_argument("--worker-threads", type=int, default=None,
+                   help="runtime threads per service (ordermesh up --worker-threads); default: what "
+                        "ordermesh up picks, a quarter of the cores, at least 1 (1: current-thread)")
     p.add_argument("--pgbench-seconds", type=int, default=20, help="length of the raw-bound run")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results directory")
     args = p.parse_args()
     for name in ("step_seconds", "pgbench_seconds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.worker_threads is not None and not 1 <= args.worker_threads <= 256:
+        p.error("--worker-threads must be 1-256 (1: the current-thread runtime)")
     if not 1.0 < args.growth <= 4.0:
         p.error("--growth must be above 1 and at most 4")
     if not 0.0 < args.success <= 1.0:
@@ -203,32 +208,101 @@ def drop_databases(namespace: str) -> None:
         )
 
 
-def delete_streams(namespace: str) -> None:
-    """Deletes the mesh's JetStream streams (raw NATS protocol: no client library needed)."""
-    import socket
-    from urllib.parse import urlparse
+class JetStream:
+    """Requests to JetStream's JSON API over the raw NATS protocol (no client library needed)."""
 
-    url = urlparse(os.environ.get("ORDERMESH_NATS__URL", "nats://127.0.0.1:4222"))
+    def __init__(self) -> None:
+        import socket
+        from urllib.parse import urlparse
+
+        url = urlparse(os.environ.get("ORDERMESH_NATS__URL", "nats://127.0.0.1:4222"))
+        self.conn = socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), timeout=5)
+        self.buffer = b""
+        self._line()  # INFO
+        self.conn.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB _INBOX.bench 1\r\n')
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.conn.recv(65536)
+            if not chunk:
+                raise OSError("nats-server closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def request(self, subject: str, body: dict | None = None) -> dict:
+        payload = json.dumps(body).encode() if body is not None else b""
+        self.conn.sendall(f"PUB {subject} _INBOX.bench {len(payload)}\r\n".encode() + payload + b"\r\n")
+        while True:
+            line = self._line()
+            if line.startswith(b"PING"):
+                self.conn.sendall(b"PONG\r\n")
+            elif line.startswith(b"-ERR"):
+                raise OSError(line.decode())
+            elif line.startswith(b"MSG"):
+                size = int(line.split()[-1])
+                while len(self.buffer) < size + 2:
+                    self.buffer += self.conn.recv(65536)
+                data, self.buffer = self.buffer[:size], self.buffer[size + 2:]
+                return json.loads(data)
+
+    def streams(self, namespace: str) -> list[str]:
+        names = self.request("$JS.API.STREAM.NAMES", {"offset": 0}).get("streams") or []
+        return sorted(n for n in names if n.startswith(f"{namespace.upper()}_"))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def delete_streams(namespace: str) -> None:
+    """Deletes the mesh's JetStream streams."""
     try:
-        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), timeout=5) as conn:
-            conn.recv(4096)  # INFO
-            wire = 'CONNECT {"verbose":false}\r\n'
-            for stream in ("ORDER_EVENTS", "SAGA", "DEAD_LETTERS", "TIMEOUTS"):
-                wire += f"PUB $JS.API.STREAM.DELETE.{namespace.upper()}_{stream} 0\r\n\r\n"
-            conn.sendall((wire + "PING\r\n").encode())
-            seen = b""
-            while b"PONG" not in seen and b"-ERR" not in seen:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                seen += chunk
+        js = JetStream()
+        for stream in js.streams(namespace):
+            js.request(f"$JS.API.STREAM.DELETE.{stream}")
+        js.close()
     except OSError as e:
         log(f"could not delete the bench's streams: {e}")
 
 
-def start_mesh(namespace: str, logfile) -> subprocess.Popen:
+def stream_sequences(namespace: str) -> dict[str, int]:
+    """Messages ever stored per stream of the mesh (the last sequence), by name without the
+    namespace: the difference over a step is what the step published into each stream."""
+    try:
+        js = JetStream()
+        seqs = {}
+        for stream in js.streams(namespace):
+            info = js.request(f"$JS.API.STREAM.INFO.{stream}")
+            seqs[stream.removeprefix(f"{namespace.upper()}_")] = int(info.get("state", {}).get("last_seq", 0))
+        js.close()
+        return seqs
+    except OSError as e:
+        log(f"could not read the streams: {e}")
+        return {}
+
+
+def wal_bytes() -> int | None:
+    """WAL the whole cluster has written (pg_stat_wal, PostgreSQL 14+); None where unreadable."""
+    out = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", "SELECT wal_bytes FROM pg_stat_wal"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return int(out) if out.isdigit() else None
+
+
+def worker_threads(args) -> int:
+    """The runtime threads each service ran with: --worker-threads, or what `ordermesh up` picks."""
+    if args.worker_threads is not None:
+        return args.worker_threads
+    return int(os.environ.get("ORDERMESH_WORKER_THREADS") or max(1, (os.cpu_count() or 1) // 4))
+
+
+def start_mesh(namespace: str, logfile, threads: int) -> subprocess.Popen:
     mesh = subprocess.Popen(
-        [str(BIN / "ordermesh"), "up", "--bin-dir", str(BIN), "--grpc-base-port", str(GRPC_BASE), "--admin-base-port", str(ADMIN_BASE)],
+        [str(BIN / "ordermesh"), "up", "--bin-dir", str(BIN), "--grpc-base-port", str(GRPC_BASE), "--admin-base-port", str(ADMIN_BASE),
+         "--worker-threads", str(threads)],
         env=service_env(namespace),
         stdout=subprocess.PIPE,
         stderr=logfile,
@@ -341,6 +415,7 @@ def run_step(rate: float, args: argparse.Namespace, namespace: str, mesh_pid: in
     cpu_before = cpu_by_group(mesh_pid)
     db_before = postgres_cpu_by_database(namespace)
     ticks_before, sectors_before = machine_ticks(), disk_sectors_written()
+    wal_before, seqs_before = wal_bytes(), stream_sequences(namespace)
     load = [
         str(BIN / "ordermesh"), "load", "--json",
         "--rate", f"{rate:g}",
@@ -372,6 +447,16 @@ def run_step(rate: float, args: argparse.Namespace, namespace: str, mesh_pid: in
     orders = step_orders(result, args.warmup_seconds)
     written = (disk_sectors_written() - sectors_before) * 512 / 1024
     result["disk_kib_written_per_order"] = round(written / orders, 1) if orders else None
+    # WAL is the cluster's (every service database shares this PostgreSQL): what the mesh's
+    # commits cost the log; the split per database is not measurable from pg_stat_wal.
+    wal_after = wal_bytes()
+    result["wal_kib_per_order"] = (
+        round((wal_after - wal_before) / 1024 / orders, 1) if orders and wal_before is not None and wal_after is not None else None
+    )
+    seqs_after = stream_sequences(namespace)
+    result["jetstream_messages_per_order"] = (
+        {name: round((seq - seqs_before.get(name, 0)) / orders, 2) for name, seq in sorted(seqs_after.items())} if orders else {}
+    )
     e2e = result["end_to_end_latency"]
     result["passed"] = e2e["p99_ms"] < args.p99_ms and result["success_ratio"] >= args.success and result["unfinished"] == 0
     return result
@@ -488,7 +573,7 @@ def main() -> None:
     drop_databases(namespace)
     with open(logpath, "w") as logfile:
         log(f"starting the mesh (namespace {namespace}, logs in {logpath})")
-        mesh = start_mesh(namespace, logfile)
+        mesh = start_mesh(namespace, logfile, worker_threads(args))
         try:
             steps = search(args, namespace, mesh.pid)
             rss = peak_rss_mib(mesh.pid)
@@ -509,7 +594,12 @@ def main() -> None:
     best = max(passed, key=lambda s: s["offered_rate"]) if passed else None
     report = {
         "date": today,
+        # Orders same-day runs: scripts/capacity.py derives docs/capacity.md from the newest.
+        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
+        # 1: tokio's current-thread runtime per service (what `ordermesh up` runs on a small
+        # machine); more: the multi-thread runtime the Kubernetes manifests run (one per core).
+        "runtime": {"worker_threads": worker_threads(args), "flavor": "current_thread" if worker_threads(args) == 1 else "multi_thread"},
         "criteria": {"p99_ms": args.p99_ms, "success": args.success, "step_seconds": args.step_seconds, "warmup_seconds": args.warmup_seconds, "follow": args.follow},
         "best_rate": best["offered_rate"] if best else None,
         "best": best,

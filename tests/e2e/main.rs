@@ -11,6 +11,7 @@ mod cli;
 mod clients;
 mod contracts;
 mod dead_letters;
+mod docs;
 mod exactly_once;
 mod fuzz_corpus;
 mod grpcurl;

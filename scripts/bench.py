@@ -215,7 +215,7 @@ class JetStream:
         import socket
         from urllib.parse import urlparse
 
-        url = urlparse(os.environ.get("ORDERMESH_NATS__URL", "nats://127.0.0.1:4222"))
+        url = urlparse(os.environ.get("ORDERMESH_NATS__URL", "nats://127.0.0.1:4222").split(",")[0].strip())
         self.conn = socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), timeout=5)
         self.buffer = b""
         self._line()  # INFO

@@ -163,6 +163,29 @@ fn one_replica() -> usize {
     1
 }
 
+/// The servers of a NATS URL setting: one URL, or a cluster's seeds separated by commas (the
+/// client learns the rest of the cluster from them and fails over between them).
+pub fn nats_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
+    let invalid = |reason: String| {
+        ConfigError(format!(
+            "NATS URL {url:?}: {reason} (one server, or several separated by commas)"
+        ))
+    };
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| invalid(format!("{s:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(invalid("no server".into()));
+    }
+    Ok(servers)
+}
+
 /// JetStream's limit on the copies of one stream.
 pub const MAX_NATS_REPLICAS: usize = 5;
 
@@ -412,6 +435,8 @@ impl Settings {
                 "ORDERMESH_WORKER_THREADS={n}: use 1-{MAX_WORKER_THREADS}, or leave it unset for one per core"
             )));
         }
+        nats_servers(&self.nats.url)
+            .map_err(|e| ConfigError(format!("ORDERMESH_NATS__URL: {}", e.0)))?;
         if !(1..=MAX_NATS_REPLICAS).contains(&self.nats.replicas) {
             return Err(ConfigError(format!(
                 "ORDERMESH_NATS__REPLICAS={}: use 1-{MAX_NATS_REPLICAS}, at most the JetStream \
@@ -627,6 +652,21 @@ mod tests {
             assert_eq!(s.shutdown.delay, Duration::from_secs(5));
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_nats_url_is_one_server_or_a_comma_separated_cluster_and_a_clear_error_otherwise() {
+        assert_eq!(
+            nats_servers("nats://127.0.0.1:4222").map(|s| s.len()).ok(),
+            Some(1)
+        );
+        let cluster = nats_servers("nats://a:4222, nats://b:4222,nats://c:4222").expect("three");
+        assert_eq!(cluster.len(), 3);
+        assert_eq!(cluster[1].host(), "b");
+        for bad in ["", " , ", "nats://a:4222,nats://b:port"] {
+            let error = nats_servers(bad).expect_err(bad).to_string();
+            assert!(error.contains("separated by commas"), "{error}");
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@ use crate::config::NatsSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
+    #[error(transparent)]
+    Url(#[from] crate::config::ConfigError),
     #[error("connecting to NATS at {url}: {source}")]
     Connect {
         url: String,
@@ -30,13 +32,13 @@ pub struct Nats {
 }
 
 /// Connects once (fails fast while the server is down; callers retry at start-up). After that
-/// the client reconnects by itself, forever.
+/// the client reconnects by itself, forever, to any of the servers.
 pub async fn connect(settings: &NatsSettings, client_name: &str) -> Result<Nats, NatsError> {
     let client = async_nats::ConnectOptions::new()
         .name(client_name)
         .connection_timeout(Duration::from_secs(2))
         .max_reconnects(None)
-        .connect(settings.url.as_str())
+        .connect(crate::config::nats_servers(&settings.url)?)
         .await
         .map_err(|source| NatsError::Connect {
             url: settings.url.clone(),

@@ -142,7 +142,7 @@ fn stream_name(target: &NatsTarget) -> String {
 async fn open(
     target: &NatsTarget,
 ) -> anyhow::Result<(jetstream::Context, jetstream::stream::Stream)> {
-    let client = async_nats::connect(target.nats_url.as_str())
+    let client = async_nats::connect(crate::config::nats_servers(&target.nats_url)?)
         .await
         .with_context(|| {
             format!(

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use common::{
     Mesh, TestEnv,
-    chaos::{self, FaultProxy, Faults, Nats, OrderStream, Postgres, Redis, Verdict, freeze},
+    chaos::{
+        self, FaultProxy, Faults, Nats, NatsCluster, OrderStream, Postgres, Redis, Throughput,
+        Verdict, freeze,
+    },
 };
 use ordermesh::{
     config::ServiceName, proto::inventory::inventory_service_client::InventoryServiceClient,
@@ -169,6 +172,71 @@ async fn nats_server_killed_and_restarted_loses_nothing() {
         .run(order, fault)
         .await;
     verdict.assert_clean(0.0);
+}
+
+/// A three-server JetStream cluster with every stream at three replicas: the server leading
+/// the run stream is killed with SIGKILL mid-stream and stays down. The other two elect a new
+/// leader, the services' clients move to them, and every order completes; the dip in orders
+/// finished per second is measured and printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_server_leading_the_run_stream_of_a_three_node_cluster_killed_loses_nothing() {
+    let env = TestEnv::new();
+    let mut cluster = NatsCluster::start(3).await;
+    let settings = with(&[
+        ("ORDERMESH_NATS__URL", cluster.url()),
+        ("ORDERMESH_NATS__REPLICAS", "3".into()),
+    ]);
+    let mesh = env.start_mesh_with(&refs(&settings)).await;
+    seed(&mesh).await;
+    let runs = format!("{}_SAGA_RUNS", env.namespace.to_uppercase());
+    let mut leader = None;
+    for _ in 0..100 {
+        leader = cluster.stream_leader(&runs).await;
+        if leader.is_some() {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    let (leader, replicas) = leader.expect("the run stream has a leader");
+    assert_eq!(
+        replicas, 3,
+        "the run stream is created with ORDERMESH_NATS__REPLICAS"
+    );
+
+    let throughput = Throughput::start(env.db(ServiceName::Order).await);
+    let mut scenario = Scenario::new(
+        "nats cluster: kill -9 the run stream's leader of 3 (R3)",
+        &env,
+    );
+    scenario.check_env = vec![("ORDERMESH_NATS__URL".into(), cluster.url())];
+    // Orders go on arriving past the longest election the cluster may hold.
+    scenario.window = (Duration::from_secs(5), Duration::from_secs(12));
+    let mut killed_at = None;
+    let fault = async {
+        killed_at = Some(std::time::Instant::now());
+        cluster.kill(leader);
+    };
+    let verdict = scenario.run(order_channel(&mesh).await, fault).await;
+    let dip = throughput.stop().await;
+    verdict.assert_clean(0.0);
+
+    // JetStream elects a new leader only after a raft election timeout (4-9 s by default):
+    // until then publishes find no stream and the outbox holds what it could not send.
+    let killed_at = killed_at.expect("the fault ran");
+    let window = Duration::from_secs(3);
+    let before = dip.rate(killed_at - window, window);
+    let stall = dip.longest_stall(killed_at);
+    let after = dip.rate(killed_at + stall, window);
+    println!(
+        "nats cluster leader kill: {before:.1} orders finished/s in the {window:?} before; \
+         none finished for {stall:.1?}; {after:.1}/s in the {window:?} after (offered {RATE}/s)"
+    );
+    assert!(after > 0.0, "nothing finished after the stall");
+    let (new_leader, _) = cluster
+        .stream_leader(&runs)
+        .await
+        .expect("a surviving server leads the run stream");
+    assert_ne!(new_leader, leader, "the killed server still leads");
 }
 
 // --- the full suite: `make chaos` -------------------------------------------------------------

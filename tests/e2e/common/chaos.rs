@@ -105,6 +105,87 @@ impl Nats {
     }
 }
 
+/// A JetStream cluster of this test only: `size` nats-servers named `n0`, `n1`, ... with routes
+/// to each other, each with its own store; any one may be killed.
+pub struct NatsCluster {
+    /// Declared first so they are dropped (killed) before their directories are removed.
+    servers: Vec<Owned>,
+    _dirs: Vec<tempfile::TempDir>,
+    pub ports: Vec<u16>,
+}
+
+impl NatsCluster {
+    pub async fn start(size: usize) -> NatsCluster {
+        let bin =
+            std::env::var("ORDERMESH_NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let mut ports = Vec::new();
+        let mut cluster_ports = Vec::new();
+        for _ in 0..size {
+            ports.push(free_port().await);
+            cluster_ports.push(free_port().await);
+        }
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        let mut dirs = Vec::new();
+        for (i, (port, cluster_port)) in ports.iter().zip(&cluster_ports).enumerate() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let child = Command::new(&bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-n", &format!("n{i}"), "--cluster_name", "ordermesh-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{cluster_port}")])
+                .args(["--routes", &routes, "-sd"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nats-server (make infra installs it)");
+            servers.push(Owned(Some(child)));
+            dirs.push(dir);
+        }
+        for port in &ports {
+            wait_for_port(*port, "nats-server").await;
+        }
+        NatsCluster {
+            servers,
+            _dirs: dirs,
+            ports,
+        }
+    }
+
+    /// Every server's URL, comma-separated: what a client is given to find the cluster.
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills server `n{index}` with SIGKILL.
+    pub fn kill(&mut self, index: usize) {
+        self.servers[index].kill();
+    }
+
+    /// The index of the server leading `stream` and its replica count, once the stream exists
+    /// and has a leader (None until then).
+    pub async fn stream_leader(&self, stream: &str) -> Option<(usize, usize)> {
+        let servers: Vec<String> = self.url().split(',').map(String::from).collect();
+        let client = async_nats::connect(servers).await.ok()?;
+        let mut stream = async_nats::jetstream::new(client)
+            .get_stream(stream)
+            .await
+            .ok()?;
+        let info = stream.info().await.ok()?;
+        let leader = info.cluster.as_ref()?.leader.as_deref()?;
+        let index = leader.strip_prefix('n')?.parse().ok()?;
+        Some((index, info.config.num_replicas))
+    }
+}
+
 /// A PostgreSQL cluster of this test only (initdb in a temp dir), restartable with its data.
 pub struct Postgres {
     /// Declared first so it is dropped (killed) before its directory is removed.
@@ -564,6 +645,79 @@ impl OrderStream {
     pub async fn stop(self) -> Sent {
         self.stop.cancel();
         self.task.await.expect("order stream task")
+    }
+}
+
+/// Orders finished over time, sampled from the order database every 100 ms while a scenario
+/// runs: how throughput dips around a fault.
+pub struct Throughput {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Vec<(Instant, i64)>>,
+}
+
+impl Throughput {
+    pub fn start(orders: sqlx::PgPool) -> Throughput {
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !s.is_cancelled() {
+                let finished: Result<i64, _> = sqlx::query_scalar(
+                    "SELECT count(*) FROM order_view WHERE status IN \
+                     ('ORDER_STATUS_CONFIRMED', 'ORDER_STATUS_CANCELLED', 'ORDER_STATUS_FAILED')",
+                )
+                .fetch_one(&orders)
+                .await;
+                if let Ok(n) = finished {
+                    samples.push((Instant::now(), n));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            samples
+        });
+        Throughput { stop, task }
+    }
+
+    pub async fn stop(self) -> Dip {
+        self.stop.cancel();
+        Dip {
+            samples: self.task.await.expect("throughput sampler"),
+        }
+    }
+}
+
+/// The samples of a [`Throughput`], read around the instant a fault began.
+pub struct Dip {
+    samples: Vec<(Instant, i64)>,
+}
+
+impl Dip {
+    fn finished_at(&self, at: Instant) -> i64 {
+        self.samples
+            .iter()
+            .take_while(|(t, _)| *t <= at)
+            .last()
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Orders finished per second over `window` starting at `from`.
+    pub fn rate(&self, from: Instant, window: Duration) -> f64 {
+        (self.finished_at(from + window) - self.finished_at(from)) as f64 / window.as_secs_f64()
+    }
+
+    /// The longest time from `from` on in which no order finished, up to the last completion.
+    pub fn longest_stall(&self, from: Instant) -> Duration {
+        let mut last_progress = from;
+        let mut previous = self.finished_at(from);
+        let mut longest = Duration::ZERO;
+        for (t, n) in self.samples.iter().filter(|(t, _)| *t > from) {
+            if *n > previous {
+                longest = longest.max(t.duration_since(last_progress));
+                last_progress = *t;
+                previous = *n;
+            }
+        }
+        longest
     }
 }
 

@@ -3,8 +3,15 @@
 # (SERVICE: order, inventory, payment, shipping or notification). Dependencies are compiled in
 # their own layer (cargo-chef), so a code change rebuilds only the workspace's crates. Each image
 # also carries the `ordermesh` CLI for operators (`kubectl exec deploy/order -- ordermesh check`).
+# The base images are build arguments, for a mirror or a pinned digest:
+#   --build-arg RUST_IMAGE=... --build-arg RUNTIME_IMAGE=...
+# Without a registry, `make image` builds the same runtime stage (images/runtime.Containerfile)
+# from binaries built on the host, on a base assembled locally (scripts/image.sh).
 
-FROM rust:1.95-bookworm AS chef
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS chef
 RUN cargo install cargo-chef --locked
 WORKDIR /src
 
@@ -20,8 +27,9 @@ RUN cargo build --release --locked --workspace --bins
 
 # distroless: glibc and CA certificates, no shell, no package manager; runs as 65532 (nonroot),
 # matching the manifests' securityContext, with a read-only root filesystem.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 ARG SERVICE
+LABEL org.opencontainers.image.title="ordermesh-${SERVICE}"
 COPY --from=builder /src/target/release/ordermesh-${SERVICE} /usr/local/bin/service
 COPY --from=builder /src/target/release/ordermesh /usr/local/bin/ordermesh
 USER 65532:65532

@@ -5,13 +5,14 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help infra up build build-release test lint fmt fuzz fuzz-smoke bench chaos clean
+.PHONY: help infra up build build-release image test lint fmt fuzz fuzz-smoke bench chaos clean
 
 help:
 	@echo "make up    - install what is missing, build (release), start the mesh, place a demo order"
 	@echo "make test  - install what is missing, then fmt check, clippy and the whole test suite"
 	@echo "make fuzz  - run every fuzz target FUZZ_SECONDS (default 60) and keep the corpus"
 	@echo "make chaos - every chaos scenario (kills, hangs, partitions, latency, overload); writes docs/chaos.md"
+	@echo "make image - the five service images (podman, from release binaries; see k8s/README.md)"
 	@echo "make bench - step search for the highest sustained order rate; writes bench/results/ and docs/capacity.md"
 
 infra:
@@ -23,6 +24,10 @@ build-release:
 # The order service's crash points are compiled in for the tests (tests/e2e/saga_engine.rs).
 build:
 	$(CARGO) build --workspace --bins --features ordermesh-order/failpoints
+
+# The five images from the release binaries, on a base assembled locally (no registry needed).
+image: infra build-release
+	scripts/image.sh release
 
 up: infra build-release
 	source .ordermesh/infra.env && ./target/release/ordermesh up --demo --prometheus

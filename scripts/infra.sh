@@ -50,6 +50,11 @@ if ! listening 6379; then
   wait_port 6379 Redis
 fi
 
+# --- podman and runc (`make image`, the image test; no Docker engine runs here) ---
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
+  apt_install podman runc
+fi
+
 # --- Prometheus and promtool (alert rule tests, `make up`'s local Prometheus) ---
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   apt_install --no-install-recommends prometheus

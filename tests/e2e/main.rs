@@ -16,6 +16,7 @@ mod exactly_once;
 mod fuzz_corpus;
 mod grpcurl;
 mod http;
+mod images;
 mod inventory;
 mod lifecycle;
 mod load;

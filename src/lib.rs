@@ -4,7 +4,6 @@
 
 pub mod admin;
 pub mod cache;
-pub mod cli;
 pub mod client;
 pub mod client_limit;
 pub mod config;
@@ -25,12 +24,6 @@ pub mod signal;
 pub mod startup;
 pub mod telemetry;
 pub mod validation;
-
-/// Every binary linking ordermesh (the services, the CLI, the tests) allocates with mimalloc:
-/// a service allocates and frees small buffers for every message, call and row, and glibc's
-/// malloc was 8 % of the order service's CPU at load (bench/README.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Converts protobuf timestamps to and from chrono.
 pub mod time {

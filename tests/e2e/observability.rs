@@ -23,13 +23,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
 };
 use ordermesh::{
-    cli::prometheus,
     config::ServiceName,
     proto::{
         inventory::inventory_service_client::InventoryServiceClient,
         order::{OrderStatus, order_service_client::OrderServiceClient},
     },
 };
+use ordermesh_cli::prometheus;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use anyhow::Context;
 use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
 
-use crate::config::ServiceName;
+use ordermesh::config::ServiceName;
 
 #[derive(Debug, clap::Args)]
 pub struct ProvisionArgs {
@@ -56,7 +56,7 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
         .with_context(|| {
             format!(
                 "connecting to {} as the admin role",
-                crate::config::redact_url(&args.admin_url)
+                ordermesh::config::redact_url(&args.admin_url)
             )
         })?;
     for service in ServiceName::ALL {

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 
 use super::{Endpoints, output};
-use crate::proto::order::{GetSagaTimelineRequest, GetSagaTimelineResponse, StepStatus};
+use ordermesh::proto::order::{GetSagaTimelineRequest, GetSagaTimelineResponse, StepStatus};
 
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{
+use ordermesh::{
     client,
     config::{DEFAULT_GRPC_BASE_PORT, DEFAULT_NATS_URL, ServiceName, Settings},
     proto::{

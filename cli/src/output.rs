@@ -1,6 +1,6 @@
 //! Human-readable rendering of gRPC results and errors for the CLI.
 
-use crate::{proto::common::Money, validation::field_violations};
+use ordermesh::{proto::common::Money, validation::field_violations};
 
 /// "USD 19.99" for an amount, "-" when absent.
 pub fn money(m: Option<&Money>) -> String {

@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
-use crate::config::ServiceName;
+use ordermesh::config::ServiceName;
 
 /// The alert rules, relative to the repository root.
 pub const RULES: &str = "prometheus/alerts.yml";

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, message::StreamMessage};
 use clap::Subcommand;
 
 use super::NatsTarget;
-use crate::events::dead_letter::{DELIVERY_COUNT, LAST_ERROR, ORIGINAL_SUBJECT};
+use ordermesh::events::dead_letter::{DELIVERY_COUNT, LAST_ERROR, ORIGINAL_SUBJECT};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -142,7 +142,7 @@ fn stream_name(target: &NatsTarget) -> String {
 async fn open(
     target: &NatsTarget,
 ) -> anyhow::Result<(jetstream::Context, jetstream::stream::Stream)> {
-    let client = async_nats::connect(crate::config::nats_servers(&target.nats_url)?)
+    let client = async_nats::connect(ordermesh::config::nats_servers(&target.nats_url)?)
         .await
         .with_context(|| {
             format!(

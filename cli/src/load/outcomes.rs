@@ -15,7 +15,7 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::{
+use ordermesh::{
     events::{OrderOutcome, OutcomeKind},
     nats::Names,
 };
@@ -58,7 +58,7 @@ impl Outcomes {
     /// Subscribes to `<namespace>.order.events.*`; returns once the server has the subscription,
     /// so no order sent afterwards can finish unseen.
     pub async fn subscribe(nats_url: &str, namespace: &str) -> anyhow::Result<Outcomes> {
-        let client = async_nats::connect(crate::config::nats_servers(nats_url)?).await.with_context(|| {
+        let client = async_nats::connect(ordermesh::config::nats_servers(nats_url)?).await.with_context(|| {
             format!("cannot reach NATS at {nats_url} for --follow events (--nats-url / ORDERMESH_NATS__URL)")
         })?;
         let mut events = client

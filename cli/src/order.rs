@@ -3,7 +3,7 @@
 use clap::Subcommand;
 
 use super::{Endpoints, output};
-use crate::proto::{
+use ordermesh::proto::{
     common::{Address, Money},
     order::{CreateOrderRequest, GetOrderRequest, Order, OrderLine, OrderStatus, ShippingMethod},
 };

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 
 use super::{Endpoints, output};
-use crate::proto::inventory::{GetItemRequest, Item, UpsertItemRequest};
+use ordermesh::proto::inventory::{GetItemRequest, Item, UpsertItemRequest};
 
 #[derive(Debug, Subcommand)]
 pub enum InventoryCommand {

@@ -29,7 +29,7 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use crate::config::ServiceName;
+use ordermesh::config::ServiceName;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {

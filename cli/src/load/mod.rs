@@ -19,7 +19,7 @@ use serde_json::json;
 use tonic::{Code, metadata::MetadataValue};
 
 use super::{Endpoints, NatsTarget};
-use crate::{
+use ordermesh::{
     events::OutcomeKind,
     limits::MAX_STOCK,
     proto::{

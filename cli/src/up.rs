@@ -20,7 +20,7 @@ use tonic_health::pb::{
 };
 
 use super::Endpoints;
-use crate::{
+use ordermesh::{
     config::{DEFAULT_ADMIN_BASE_PORT, DEFAULT_GRPC_BASE_PORT, ServiceName},
     proto::{
         common::{Address, Money},
@@ -279,7 +279,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let exited = tokio::select! {
-        _ = crate::signal::terminate() => None,
+        _ = ordermesh::signal::terminate() => None,
         exited = first_exit(&mut running) => Some(exited),
     };
     if let Some((service, status)) = &exited {

@@ -1,0 +1,11 @@
+//! The `ordermesh` command line: run the mesh locally and talk to it. See `ordermesh --help`.
+use clap::Parser;
+
+/// mimalloc, as in every service binary: `ordermesh load` allocates per order it sends.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    ordermesh_cli::run(ordermesh_cli::Cli::parse()).await
+}

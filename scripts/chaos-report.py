@@ -27,7 +27,7 @@ is allowed, lost is not: the check is repeated for up to a minute (a notificatio
 a connection reset cut is redelivered after the consumer's 30 s ack wait), and whatever it still
 finds then fails the scenario.
 
-The harness (`tests/e2e/common/chaos.rs`) owns what it breaks: a private nats-server (store kept
+The harness (`testkit/src/chaos.rs`) owns what it breaks: a private nats-server (store kept
 across restarts), a private PostgreSQL (initdb in a temp dir, crash-restarted), a private Redis,
 and `FaultProxy`, a TCP proxy put in front of a service or of NATS that adds latency with jitter
 (a delay line, so concurrent streams are not serialised), caps bandwidth, blackholes, or resets

@@ -3,7 +3,8 @@
 //! and Redis (see `common`), each test in a namespace of its own so tests run in parallel.
 //! `cargo test --test e2e <module>::` runs one area, e.g. `saga_engine::`.
 
-mod common;
+/// The harness: `testkit/` (crate ordermesh-testkit).
+use ordermesh_testkit as common;
 
 mod chaos;
 mod check;

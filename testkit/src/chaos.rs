@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 
 use ordermesh::config::ServiceName;
 
-use super::{TestEnv, free_port, saga};
+use crate::{TestEnv, free_port, saga};
 
 // --- processes the test owns ------------------------------------------------------------------
 
@@ -758,7 +758,7 @@ async fn notification_delays(env: &TestEnv, check_env: &[(String, String)]) -> V
     let server = check_env
         .iter()
         .find(|(k, _)| k == "ORDERMESH_DATABASE__URL")
-        .map_or(super::PG_URL.to_string(), |(_, v)| v.clone());
+        .map_or(crate::PG_URL.to_string(), |(_, v)| v.clone());
     let connect = |service: ServiceName| {
         let url = format!("{server}/{}_{service}", env.namespace);
         async move { sqlx::PgPool::connect(&url).await }
@@ -870,8 +870,8 @@ pub async fn settle(
     // was cut by a reset comes again only after its consumer's ack wait (30 s). Late is fine;
     // lost is not: a violation still there after a minute fails the scenario, and one of an
     // invariant that holds at every instant (a double charge, an event gap) fails it at once.
-    let (_, report, waited) = super::check::settled(env, check_env, Duration::from_secs(60)).await;
-    let violations = super::check::broken(&report)
+    let (_, report, waited) = crate::check::settled(env, check_env, Duration::from_secs(60)).await;
+    let violations = crate::check::broken(&report)
         .iter()
         .map(|(_, _, offenders)| offenders.len() as u64)
         .sum();
@@ -905,7 +905,7 @@ pub async fn settle(
 /// Appends the verdict to `target/chaos/results.jsonl` (read by `make chaos` for its table).
 fn record(verdict: &Verdict) {
     use std::io::Write;
-    let dir = super::bin_dir().join("..").join("chaos");
+    let dir = crate::bin_dir().join("..").join("chaos");
     let _ = std::fs::create_dir_all(&dir);
     let mut line = serde_json::to_value(verdict).unwrap_or_default();
     if let Some(o) = line.as_object_mut() {
@@ -942,7 +942,7 @@ pub async fn start_mesh_proxied(
     env: &TestEnv,
     extra: &[(&str, &str)],
     proxied: &[ordermesh::config::ServiceName],
-) -> (super::Mesh, Vec<FaultProxy>) {
+) -> (crate::Mesh, Vec<FaultProxy>) {
     let mut services = std::collections::HashMap::new();
     let mut proxies = Vec::new();
     let mut wiring: Vec<(String, String)> = extra
@@ -970,7 +970,7 @@ pub async fn start_mesh_proxied(
     }
     proxies.sort_by_key(|(s, _)| proxied.iter().position(|p| p == s));
     (
-        super::Mesh {
+        crate::Mesh {
             services,
             env: wiring,
         },

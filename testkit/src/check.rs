@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{TestEnv, binary};
+use crate::{TestEnv, binary};
 
 /// One `ordermesh check --settle 0s --json` over the test's databases (plus `extra` environment):
 /// whether it passed, and its report.

@@ -60,6 +60,13 @@ pub struct TestEnv {
     pub namespace: String,
 }
 
+/// A fresh namespace, as [`TestEnv::new`].
+impl Default for TestEnv {
+    fn default() -> Self {
+        TestEnv::new()
+    }
+}
+
 impl TestEnv {
     pub fn new() -> TestEnv {
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);

@@ -33,21 +33,32 @@ const FAST: [(&str, &str); 4] = [
     ("ORDERMESH_DATABASE__MAX_CONNECTIONS", "5"),
 ];
 
-fn with(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    FAST.iter()
-        .map(|(k, v)| (*k, v.to_string()))
-        .chain(extra.iter().cloned())
-        .collect()
+/// What every scenario starts from: the five services with [`FAST`] and `extra` settings,
+/// callers reaching `proxied` through fault proxies (in that order), stock seeded, and a
+/// channel to the order service for the scenario's order stream.
+/// Bind `mesh` (as `_mesh` where unused, never `_`): the services stop when it is dropped.
+struct Stage {
+    mesh: Mesh,
+    proxies: Vec<FaultProxy>,
+    order: Channel,
 }
 
-fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-async fn seed(mesh: &Mesh) {
+async fn stage(env: &TestEnv, extra: &[(&str, String)], proxied: &[ServiceName]) -> Stage {
+    let settings: Vec<(&str, &str)> = FAST
+        .iter()
+        .copied()
+        .chain(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .collect();
+    let (mesh, proxies) = chaos::start_mesh_proxied(env, &settings, proxied).await;
     let mut inventory =
         InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
     chaos::seed_stock(&mut inventory).await;
+    let order = mesh.get(ServiceName::Order).channel().await;
+    Stage {
+        mesh,
+        proxies,
+        order,
+    }
 }
 
 /// One scenario: its name, and how its order stream runs around the fault.
@@ -105,18 +116,14 @@ async fn kill_and_restart(mesh: &mut Mesh, env: &TestEnv, s: ServiceName, down: 
     mesh.restart(env, s, addr).await;
 }
 
-async fn order_channel(mesh: &Mesh) -> Channel {
-    mesh.get(ServiceName::Order).channel().await
-}
-
 // --- quick subset: runs in `make test` ----------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_payment_mid_stream_loses_and_doubles_nothing() {
     let env = TestEnv::new();
-    let mut mesh = env.start_mesh_with(&FAST).await;
-    seed(&mesh).await;
-    let order = order_channel(&mesh).await;
+    let Stage {
+        mut mesh, order, ..
+    } = stage(&env, &[], &[]).await;
     let fault = kill_and_restart(
         &mut mesh,
         &env,
@@ -134,16 +141,18 @@ async fn kill_9_of_payment_mid_stream_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_of_payment_beyond_its_step_timeout_compensates_cleanly() {
     let env = TestEnv::new();
-    let settings = with(&[("ORDERMESH_SAGA__PAYMENT_TIMEOUT", "3s".into())]);
-    let mesh = env.start_mesh_with(&refs(&settings)).await;
-    seed(&mesh).await;
+    let Stage { mesh, order, .. } = stage(
+        &env,
+        &[("ORDERMESH_SAGA__PAYMENT_TIMEOUT", "3s".into())],
+        &[],
+    )
+    .await;
     let payment = mesh.get(ServiceName::Payment).pid();
     let fault = async {
         freeze(payment, true);
         sleep(Duration::from_secs(6)).await;
         freeze(payment, false);
     };
-    let order = order_channel(&mesh).await;
     let verdict = Scenario::new("SIGSTOP payment 6 s (step timeout 3 s)", &env)
         .run(order, fault)
         .await;
@@ -159,15 +168,14 @@ async fn sigstop_of_payment_beyond_its_step_timeout_compensates_cleanly() {
 async fn nats_server_killed_and_restarted_loses_nothing() {
     let env = TestEnv::new();
     let mut nats = Nats::start().await;
-    let settings = with(&[("ORDERMESH_NATS__URL", nats.url())]);
-    let mesh = env.start_mesh_with(&refs(&settings)).await;
-    seed(&mesh).await;
+    let Stage {
+        mesh: _mesh, order, ..
+    } = stage(&env, &[("ORDERMESH_NATS__URL", nats.url())], &[]).await;
     let fault = async {
         nats.kill();
         sleep(Duration::from_secs(3)).await;
         nats.restart().await;
     };
-    let order = order_channel(&mesh).await;
     let verdict = Scenario::new("nats-server kill -9, 3 s down, restart", &env)
         .run(order, fault)
         .await;
@@ -182,12 +190,17 @@ async fn nats_server_killed_and_restarted_loses_nothing() {
 async fn the_nats_server_leading_the_run_stream_of_a_three_node_cluster_killed_loses_nothing() {
     let env = TestEnv::new();
     let mut cluster = NatsCluster::start(3).await;
-    let settings = with(&[
-        ("ORDERMESH_NATS__URL", cluster.url()),
-        ("ORDERMESH_NATS__REPLICAS", "3".into()),
-    ]);
-    let mesh = env.start_mesh_with(&refs(&settings)).await;
-    seed(&mesh).await;
+    let Stage {
+        mesh: _mesh, order, ..
+    } = stage(
+        &env,
+        &[
+            ("ORDERMESH_NATS__URL", cluster.url()),
+            ("ORDERMESH_NATS__REPLICAS", "3".into()),
+        ],
+        &[],
+    )
+    .await;
     let runs = format!("{}_SAGA_RUNS", env.namespace.to_uppercase());
     let mut leader = None;
     for _ in 0..100 {
@@ -216,7 +229,7 @@ async fn the_nats_server_leading_the_run_stream_of_a_three_node_cluster_killed_l
         killed_at = Some(std::time::Instant::now());
         cluster.kill(leader);
     };
-    let verdict = scenario.run(order_channel(&mesh).await, fault).await;
+    let verdict = scenario.run(order, fault).await;
     let dip = throughput.stop().await;
     verdict.assert_clean(0.0);
 
@@ -245,9 +258,9 @@ async fn the_nats_server_leading_the_run_stream_of_a_three_node_cluster_killed_l
 #[ignore = "chaos suite: make chaos"]
 async fn kill_9_of_each_service_in_turn_loses_and_doubles_nothing() {
     let env = TestEnv::new();
-    let mut mesh = env.start_mesh_with(&FAST).await;
-    seed(&mesh).await;
-    let order = order_channel(&mesh).await;
+    let Stage {
+        mut mesh, order, ..
+    } = stage(&env, &[], &[]).await;
     let fault = async {
         for s in [
             ServiceName::Order,
@@ -270,10 +283,11 @@ async fn kill_9_of_each_service_in_turn_loses_and_doubles_nothing() {
 #[ignore = "chaos suite: make chaos"]
 async fn half_a_second_more_latency_on_inventory_and_payment_slows_but_fails_nothing() {
     let env = TestEnv::new();
-    let (mesh, proxies) =
-        chaos::start_mesh_proxied(&env, &FAST, &[ServiceName::Inventory, ServiceName::Payment])
-            .await;
-    seed(&mesh).await;
+    let Stage {
+        mesh: _mesh,
+        proxies,
+        order,
+    } = stage(&env, &[], &[ServiceName::Inventory, ServiceName::Payment]).await;
     let fault = async {
         for p in &proxies {
             p.set(Faults {
@@ -285,7 +299,6 @@ async fn half_a_second_more_latency_on_inventory_and_payment_slows_but_fails_not
         sleep(Duration::from_secs(8)).await;
         proxies.iter().for_each(FaultProxy::clear);
     };
-    let order = order_channel(&mesh).await;
     let verdict = Scenario::new("+500 ms (±100 ms) on inventory and payment for 8 s", &env)
         .run(order, fault)
         .await;
@@ -297,8 +310,11 @@ async fn half_a_second_more_latency_on_inventory_and_payment_slows_but_fails_not
 #[ignore = "chaos suite: make chaos"]
 async fn payment_partitioned_for_five_seconds_recovers_every_order() {
     let env = TestEnv::new();
-    let (mesh, proxies) = chaos::start_mesh_proxied(&env, &FAST, &[ServiceName::Payment]).await;
-    seed(&mesh).await;
+    let Stage {
+        mesh: _mesh,
+        proxies,
+        order,
+    } = stage(&env, &[], &[ServiceName::Payment]).await;
     let fault = async {
         proxies[0].set(Faults {
             blackhole: true,
@@ -308,7 +324,6 @@ async fn payment_partitioned_for_five_seconds_recovers_every_order() {
         proxies[0].clear();
         proxies[0].reset_connections();
     };
-    let order = order_channel(&mesh).await;
     let verdict = Scenario::new("payment blackholed 5 s", &env)
         .run(order, fault)
         .await;
@@ -320,16 +335,15 @@ async fn payment_partitioned_for_five_seconds_recovers_every_order() {
 async fn postgresql_crashed_and_restarted_loses_nothing() {
     let env = TestEnv::new();
     let mut pg = Postgres::start().await;
-    let settings = with(&[("ORDERMESH_DATABASE__URL", pg.url())]);
     let check_env = [("ORDERMESH_DATABASE__URL".to_string(), pg.url())];
-    let mesh = env.start_mesh_with(&refs(&settings)).await;
-    seed(&mesh).await;
+    let Stage {
+        mesh: _mesh, order, ..
+    } = stage(&env, &[("ORDERMESH_DATABASE__URL", pg.url())], &[]).await;
     let fault = async {
         pg.kill();
         sleep(Duration::from_secs(3)).await;
         pg.restart().await;
     };
-    let order = order_channel(&mesh).await;
     let verdict = Scenario {
         check_env: check_env.to_vec(),
         ..Scenario::new("PostgreSQL kill -9, 3 s down, crash recovery", &env)
@@ -344,11 +358,10 @@ async fn postgresql_crashed_and_restarted_loses_nothing() {
 async fn redis_down_for_the_whole_run_changes_nothing_but_speed() {
     let env = TestEnv::new();
     let mut redis = Redis::start().await;
-    let settings = with(&[("ORDERMESH_REDIS__URL", redis.url())]);
-    let mesh = env.start_mesh_with(&refs(&settings)).await;
-    seed(&mesh).await;
+    let Stage {
+        mesh: _mesh, order, ..
+    } = stage(&env, &[("ORDERMESH_REDIS__URL", redis.url())], &[]).await;
     redis.kill();
-    let order = order_channel(&mesh).await;
     let verdict = Scenario::new("Redis killed before the run, never back", &env)
         .run(order, async {})
         .await;
@@ -363,9 +376,9 @@ async fn nats_connections_reset_for_thirty_percent_of_the_run() {
     let env = TestEnv::new();
     let nats = Nats::start().await;
     let proxy = FaultProxy::start(([127, 0, 0, 1], nats.port).into()).await;
-    let settings = with(&[("ORDERMESH_NATS__URL", proxy.url("nats"))]);
-    let mesh = env.start_mesh_with(&refs(&settings)).await;
-    seed(&mesh).await;
+    let Stage {
+        mesh: _mesh, order, ..
+    } = stage(&env, &[("ORDERMESH_NATS__URL", proxy.url("nats"))], &[]).await;
     // 7 s before, 6 s of resets, 7 s after: 30 % of 20 s.
     let fault = async {
         proxy.set(Faults {
@@ -375,7 +388,6 @@ async fn nats_connections_reset_for_thirty_percent_of_the_run() {
         sleep(Duration::from_secs(6)).await;
         proxy.clear();
     };
-    let order = order_channel(&mesh).await;
     let verdict = Scenario {
         window: (Duration::from_secs(7), Duration::from_secs(7)),
         ..Scenario::new(
@@ -395,11 +407,16 @@ async fn several_faults_at_once() {
     let env = TestEnv::new();
     let nats = Nats::start().await;
     let nats_proxy = FaultProxy::start(([127, 0, 0, 1], nats.port).into()).await;
-    let settings = with(&[("ORDERMESH_NATS__URL", nats_proxy.url("nats"))]);
-    let (mut mesh, proxies) =
-        chaos::start_mesh_proxied(&env, &refs(&settings), &[ServiceName::Payment]).await;
-    seed(&mesh).await;
-    let order = order_channel(&mesh).await;
+    let Stage {
+        mut mesh,
+        proxies,
+        order,
+    } = stage(
+        &env,
+        &[("ORDERMESH_NATS__URL", nats_proxy.url("nats"))],
+        &[ServiceName::Payment],
+    )
+    .await;
     let fault = async {
         nats_proxy.set(Faults {
             reset_every: Some(Duration::from_secs(1)),
@@ -438,10 +455,12 @@ async fn several_faults_at_once() {
 #[ignore = "chaos suite: make chaos"]
 async fn overload_is_shed_or_queued_within_bounds_and_recovers() {
     let env = TestEnv::new();
-    let settings = with(&[("ORDERMESH_SERVER__MAX_IN_FLIGHT_PER_CLIENT", "64".into())]);
-    let mesh = env.start_mesh_with(&refs(&settings)).await;
-    seed(&mesh).await;
-    let order = order_channel(&mesh).await;
+    let Stage { mesh, order, .. } = stage(
+        &env,
+        &[("ORDERMESH_SERVER__MAX_IN_FLIGHT_PER_CLIENT", "64".into())],
+        &[],
+    )
+    .await;
     let verdict = Scenario {
         rate: 10.0 * RATE,
         window: (Duration::from_secs(10), Duration::ZERO),

@@ -166,9 +166,11 @@ fn one_replica() -> usize {
 /// The servers of a NATS URL setting: one URL, or a cluster's seeds separated by commas (the
 /// client learns the rest of the cluster from them and fails over between them).
 pub fn nats_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
+    // The URLs may carry credentials (ORDERMESH_NATS__URL_FILE): errors show them redacted.
+    let shown = url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
     let invalid = |reason: String| {
         ConfigError(format!(
-            "NATS URL {url:?}: {reason} (one server, or several separated by commas)"
+            "NATS URL {shown:?}: {reason} (one server, or several separated by commas)"
         ))
     };
     let servers = url
@@ -177,7 +179,7 @@ pub fn nats_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, ConfigErro
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<async_nats::ServerAddr>()
-                .map_err(|e| invalid(format!("{s:?}: {e}")))
+                .map_err(|e| invalid(format!("{:?}: {e}", redact_url(s))))
         })
         .collect::<Result<Vec<_>, _>>()?;
     if servers.is_empty() {
@@ -667,6 +669,11 @@ mod tests {
             let error = nats_servers(bad).expect_err(bad).to_string();
             assert!(error.contains("separated by commas"), "{error}");
         }
+        let error = nats_servers("nats://u:secret@a:4222,nats://u:secret@b:port")
+            .expect_err("a bad port")
+            .to_string();
+        assert!(!error.contains("secret"), "{error}");
+        assert!(error.contains("nats://u:***@b:port"), "{error}");
     }
 
     #[test]

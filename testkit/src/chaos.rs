@@ -173,7 +173,7 @@ impl NatsCluster {
     /// The index of the server leading `stream` and its replica count, once the stream exists
     /// and has a leader (None until then).
     pub async fn stream_leader(&self, stream: &str) -> Option<(usize, usize)> {
-        let servers: Vec<String> = self.url().split(',').map(String::from).collect();
+        let servers = ordermesh::config::nats_servers(&self.url()).ok()?;
         let client = async_nats::connect(servers).await.ok()?;
         let mut stream = async_nats::jetstream::new(client)
             .get_stream(stream)

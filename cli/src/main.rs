@@ -1,9 +1,8 @@
 //! The `ordermesh` command line: run the mesh locally and talk to it. See `ordermesh --help`.
 use clap::Parser;
 
-/// mimalloc, as in every service binary: `ordermesh load` allocates per order it sends.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// mimalloc, as in every service binary: `ordermesh load` allocates per order it sends.
+ordermesh::use_mimalloc!();
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

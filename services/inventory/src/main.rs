@@ -1,10 +1,6 @@
 //! The inventory service binary: see the crate documentation.
 
-/// mimalloc, in every ordermesh binary: a service allocates and frees small buffers for every
-/// message, call and row, and glibc's malloc was 8 % of the order service's CPU at load
-/// (bench/HISTORY.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+ordermesh::use_mimalloc!();
 
 fn main() -> anyhow::Result<()> {
     ordermesh::server::main(

@@ -2,11 +2,7 @@
 //! of the server: `--print-saga-graph` and `rebuild-projections`.
 use ordermesh::config::{ServiceName, Settings};
 
-/// mimalloc, in every ordermesh binary: a service allocates and frees small buffers for every
-/// message, call and row, and glibc's malloc was 8 % of the order service's CPU at load
-/// (bench/HISTORY.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+ordermesh::use_mimalloc!();
 
 fn main() -> anyhow::Result<()> {
     let _crash_points = ordermesh_order::saga::crash_point::arm();

@@ -244,7 +244,7 @@ fn is_connection_error(error: &sqlx::Error) -> bool {
 }
 
 /// The gRPC status for a database error. Details stay in the log, never in the answer.
-pub fn status(error: sqlx::Error) -> Status {
+pub(crate) fn status(error: sqlx::Error) -> Status {
     if is_connection_error(&error) {
         tracing::warn!(%error, "database unavailable");
         return Status::unavailable("database unavailable, retry later");

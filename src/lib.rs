@@ -10,6 +10,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod domain;
+pub mod error;
 pub mod events;
 pub mod idempotency;
 pub mod limits;
@@ -24,6 +25,8 @@ pub mod signal;
 pub mod startup;
 pub mod telemetry;
 pub mod validation;
+
+pub use error::Error;
 
 /// The allocator every ordermesh binary sets in its main.rs with `ordermesh::use_mimalloc!();`
 /// (an allocator belongs to a binary, not to the library it links): a service allocates and

@@ -33,6 +33,7 @@ pub struct Nats {
 
 /// Connects once (fails fast while the server is down; callers retry at start-up). After that
 /// the client reconnects by itself, forever, to any of the servers.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn connect(settings: &NatsSettings, client_name: &str) -> Result<Nats, NatsError> {
     let client = async_nats::ConnectOptions::new()
         .name(client_name)
@@ -55,6 +56,7 @@ pub async fn connect(settings: &NatsSettings, client_name: &str) -> Result<Nats,
 impl Nats {
     /// Creates the stream with the configured replicas, or updates it to `config` if it exists
     /// with other settings. Consumers created on it inherit its replicas.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn ensure_stream(&self, config: stream::Config) -> Result<stream::Info, NatsError> {
         let name = config.name.clone();
         let config = stream::Config {

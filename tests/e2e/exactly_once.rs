@@ -756,3 +756,70 @@ async fn expired_idempotency_keys_are_pruned_and_fresh_ones_still_answer_retries
         "{metrics}"
     );
 }
+
+/// Each service's migrations create `idempotency_keys` themselves (applied migrations cannot
+/// move, see `ordermesh::idempotency::TABLE_SQL`): this holds all four to the platform's
+/// definition, column by column and by primary key, so the shared code never meets a drifted
+/// table.
+#[tokio::test]
+async fn every_service_keeps_idempotency_keys_as_the_platform_defines_it() {
+    let env = TestEnv::new();
+    let callees = [
+        ServiceName::Order,
+        ServiceName::Inventory,
+        ServiceName::Payment,
+        ServiceName::Shipping,
+    ];
+    let mut running = Vec::new();
+    for service in callees {
+        running.push(env.spawn(service, &[]).await);
+    }
+    for process in &running {
+        process.wait_serving().await;
+    }
+    for service in callees {
+        let db = env.db(service).await;
+        let mut conn = db.acquire().await.expect("connection");
+        sqlx::query("CREATE SCHEMA platform_definition")
+            .execute(&mut *conn)
+            .await
+            .expect("scratch schema");
+        sqlx::query("SET search_path = platform_definition")
+            .execute(&mut *conn)
+            .await
+            .expect("search path");
+        sqlx::query(ordermesh::idempotency::TABLE_SQL)
+            .execute(&mut *conn)
+            .await
+            .expect("the platform's table");
+        let mut shapes = Vec::new();
+        for schema in ["public", "platform_definition"] {
+            let columns: Vec<(String, String, String, String)> = sqlx::query_as(
+                "SELECT column_name::text, data_type::text, is_nullable::text,
+                        coalesce(column_default, '')::text
+                 FROM information_schema.columns
+                 WHERE table_schema = $1 AND table_name = 'idempotency_keys'
+                 ORDER BY ordinal_position",
+            )
+            .bind(schema)
+            .fetch_all(&mut *conn)
+            .await
+            .expect("columns");
+            let key: Vec<String> = sqlx::query_scalar(
+                "SELECT a.attname::text FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                 WHERE i.indrelid = ($1 || '.idempotency_keys')::regclass AND i.indisprimary",
+            )
+            .bind(schema)
+            .fetch_all(&mut *conn)
+            .await
+            .expect("primary key");
+            assert!(
+                !columns.is_empty(),
+                "{service}: no idempotency_keys in {schema}"
+            );
+            shapes.push((columns, key));
+        }
+        assert_eq!(shapes[0], shapes[1], "{service}'s table drifted");
+    }
+}

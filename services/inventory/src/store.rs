@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use ordermesh::{
-    db,
     domain::Sku,
     idempotency,
     proto::inventory::{
@@ -15,9 +14,9 @@ use ordermesh::{
     time::to_proto,
 };
 
+use ordermesh::{Error, error::CONTENDED};
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
-use tonic::Status;
 use uuid::Uuid;
 
 use crate::{metrics::RESERVATIONS, unsettled::Unsettled};
@@ -47,12 +46,13 @@ impl From<ItemRow> for Item {
 
 const ITEM_COLUMNS: &str = "sku, name, available, reserved, committed, updated_at";
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn upsert_item(
     pool: &PgPool,
     sku: &Sku,
     name: &str,
     available: i64,
-) -> Result<Item, Status> {
+) -> Result<Item, Error> {
     let row: ItemRow = sqlx::query_as(&format!(
         "INSERT INTO items (sku, name, available) VALUES ($1, $2, $3)
          ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, available = EXCLUDED.available, updated_at = now()
@@ -62,35 +62,34 @@ pub async fn upsert_item(
     .bind(name)
     .bind(available)
     .fetch_one(pool)
-    .await
-    .map_err(db::status)?;
+    .await?;
     Ok(row.into())
 }
 
-pub async fn get_item(pool: &PgPool, sku: &Sku) -> Result<Option<Item>, Status> {
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn get_item(pool: &PgPool, sku: &Sku) -> Result<Option<Item>, Error> {
     let row: Option<ItemRow> =
         sqlx::query_as(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE sku = $1"))
             .bind(sku.as_str())
             .fetch_optional(pool)
-            .await
-            .map_err(db::status)?;
+            .await?;
     Ok(row.map(Into::into))
 }
 
 /// Items after `after` (exclusive) in SKU order, at most `limit`.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list_items(
     pool: &PgPool,
     after: Option<&Sku>,
     limit: u32,
-) -> Result<Vec<Item>, Status> {
+) -> Result<Vec<Item>, Error> {
     let rows: Vec<ItemRow> = sqlx::query_as(&format!(
         "SELECT {ITEM_COLUMNS} FROM items WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2"
     ))
     .bind(after.map(Sku::as_str))
     .bind(i64::from(limit))
     .fetch_all(pool)
-    .await
-    .map_err(db::status)?;
+    .await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
@@ -129,8 +128,9 @@ fn status_of(text: &str) -> ReservationStatus {
     }
 }
 
-pub async fn get_reservation(pool: &PgPool, order_id: Uuid) -> Result<Option<Reservation>, Status> {
-    let mut conn = pool.acquire().await.map_err(db::status)?;
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
+pub async fn get_reservation(pool: &PgPool, order_id: Uuid) -> Result<Option<Reservation>, Error> {
+    let mut conn = pool.acquire().await?;
     reservation_of(&mut conn, order_id).await
 }
 
@@ -139,7 +139,7 @@ pub async fn get_reservation(pool: &PgPool, order_id: Uuid) -> Result<Option<Res
 async fn reservation_of(
     conn: &mut PgConnection,
     order_id: Uuid,
-) -> Result<Option<Reservation>, Status> {
+) -> Result<Option<Reservation>, Error> {
     #[derive(sqlx::FromRow)]
     struct Found {
         #[sqlx(flatten)]
@@ -160,8 +160,7 @@ async fn reservation_of(
     )
     .bind(order_id)
     .fetch_optional(&mut *conn)
-    .await
-    .map_err(db::status)?;
+    .await?;
     Ok(found.map(|f| f.row.with_lines(f.skus.into_iter().zip(f.quantities))))
 }
 
@@ -173,6 +172,7 @@ async fn reservation_of(
 /// writes the reservation. When it did not reserve, what it returned says why, and a second
 /// round trip answers: a replay, a refusal, or the shortages (stored under the key). A new
 /// reservation is remembered in `unsettled` for the Commit or Release that follows.
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
 pub async fn reserve(
     pool: &PgPool,
     unsettled: &Unsettled,
@@ -180,7 +180,7 @@ pub async fn reserve(
     request: &impl prost::Message,
     order_id: Uuid,
     lines: &[(Sku, i64)],
-) -> Result<ReserveResponse, Status> {
+) -> Result<ReserveResponse, Error> {
     #[derive(sqlx::FromRow)]
     struct Attempt {
         reserved: bool,
@@ -216,7 +216,7 @@ pub async fn reserve(
         reservation: Some(reservation.clone()),
         shortages: Vec::new(),
     };
-    let mut conn = pool.acquire().await.map_err(db::status)?;
+    let mut conn = pool.acquire().await?;
     let attempt: Attempt = sqlx::query_as(RESERVE_SQL)
         .bind(&skus)
         .bind(&quantities)
@@ -227,8 +227,7 @@ pub async fn reserve(
         .bind(key)
         .bind(&hash)
         .fetch_one(&mut *conn)
-        .await
-        .map_err(db::status)?;
+        .await?;
     if attempt.reserved {
         RESERVATIONS.with_label_values(&["reserved"]).inc();
         unsettled.remember(order_id, reservation);
@@ -241,14 +240,14 @@ pub async fn reserve(
     }
     if let Some(status) = attempt.existing {
         let state = status_of(&status).as_str_name();
-        return Err(Status::failed_precondition(format!(
+        return Err(Error::conflict(format!(
             "order {order_id} already has a reservation ({state}); use the same idempotency key to retry"
         )));
     }
     if attempt.covered {
         // Covered, not existing, key free a moment ago: a concurrent call took the key and
         // rolled back since. Nothing happened here; the caller retries.
-        return Err(Status::aborted("concurrent update conflict, retry"));
+        return Err(Error::Contended(CONTENDED));
     }
     let available: HashMap<String, i64> = attempt.skus.into_iter().zip(attempt.available).collect();
     let shortages = sorted
@@ -280,7 +279,8 @@ pub async fn reserve(
 /// `available` stays non-negative guards it again) and writes the reservation and its lines. A
 /// concurrent reservation of the same order by another key fails on `reservations.order_id`'s
 /// uniqueness (ABORTED; the retry is refused as existing).
-const RESERVE_SQL: &str = "WITH existing AS (
+const RESERVE_SQL: &str = concat!(
+    "WITH existing AS (
          SELECT status FROM reservations WHERE order_id = $4
      ), stock AS (
          SELECT sku, available FROM items WHERE sku = ANY($1) ORDER BY sku FOR UPDATE
@@ -289,11 +289,9 @@ const RESERVE_SQL: &str = "WITH existing AS (
                 AND (SELECT count(*) FROM stock
                      JOIN unnest($1::text[], $2::bigint[]) AS r(sku, qty) USING (sku)
                      WHERE stock.available >= r.qty) = cardinality($1::text[]) AS covered
-     ), claim AS (
-         INSERT INTO idempotency_keys (key, request_hash, response)
-         SELECT $7, $8, $6 FROM verdict WHERE covered
-         ON CONFLICT (key) DO NOTHING RETURNING key
-     ), shift AS (
+     ), ",
+    ordermesh::claim_key!("$7", "$8", "$6", "FROM verdict WHERE covered"),
+    ", shift AS (
          UPDATE items SET available = available - r.qty, reserved = reserved + r.qty,
                 updated_at = now()
          FROM unnest($1::text[], $2::bigint[]) AS r(sku, qty)
@@ -310,7 +308,8 @@ const RESERVE_SQL: &str = "WITH existing AS (
             (SELECT covered FROM verdict) AS covered,
             (SELECT status FROM existing) AS existing,
             coalesce((SELECT array_agg(sku ORDER BY sku) FROM stock), '{}') AS skus,
-            coalesce((SELECT array_agg(available ORDER BY sku) FROM stock), '{}') AS available";
+            coalesce((SELECT array_agg(available ORDER BY sku) FROM stock), '{}') AS available"
+);
 
 /// Returns an order's stock to available, reserved or committed: the saga releases when it
 /// compensates, also after a ConfirmOrder whose commit may have happened before its deadline
@@ -318,15 +317,16 @@ const RESERVE_SQL: &str = "WITH existing AS (
 /// of the same order is refused. Like [`commit`]: a
 /// read (skipped when `unsettled` holds the reservation), then one statement that claims the
 /// key with the response and makes the change.
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
 pub async fn release(
     pool: &PgPool,
     unsettled: &Unsettled,
     key: &str,
     request: &impl prost::Message,
     order_id: Uuid,
-) -> Result<ReleaseResponse, Status> {
+) -> Result<ReleaseResponse, Error> {
     let hash = idempotency::request_hash(request);
-    let mut conn = pool.acquire().await.map_err(db::status)?;
+    let mut conn = pool.acquire().await?;
     let response = |settled| ReleaseResponse {
         released: true,
         reservation: Some(settled),
@@ -367,7 +367,7 @@ async fn release_unreserved(
     key: &str,
     hash: &[u8],
     order_id: Uuid,
-) -> Result<ReleaseResponse, Status> {
+) -> Result<ReleaseResponse, Error> {
     let now = Utc::now().trunc_subsecs(6);
     let row = ReservationRow {
         reservation_id: Uuid::now_v7(),
@@ -381,16 +381,15 @@ async fn release_unreserved(
         released: false,
         reservation: Some(row.with_lines([])),
     };
-    let claimed: bool = sqlx::query_scalar(
-        "WITH claim AS (
-             INSERT INTO idempotency_keys (key, request_hash, response)
-             VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING RETURNING key
-         ), reservation AS (
+    let claimed: bool = sqlx::query_scalar(concat!(
+        "WITH ",
+        ordermesh::claim_key!("$1", "$2", "$3", ""),
+        ", reservation AS (
              INSERT INTO reservations (reservation_id, order_id, status, created_at, updated_at)
              SELECT $4, $5, 'released', $6, $6 FROM claim
          )
          SELECT EXISTS (SELECT 1 FROM claim)",
-    )
+    ))
     .bind(key)
     .bind(hash)
     .bind(response.encode_to_vec())
@@ -398,8 +397,7 @@ async fn release_unreserved(
     .bind(order_id)
     .bind(now)
     .fetch_one(&mut *conn)
-    .await
-    .map_err(db::status)?;
+    .await?;
     if claimed {
         return Ok(response);
     }
@@ -409,15 +407,16 @@ async fn release_unreserved(
 /// Moves an order's reserved stock to committed (it ships). One commit: [`settle`]'s statement
 /// on the reservation this process remembers from Reserve, or else on the one read back first.
 /// A repeat finds the reservation committed and replays the stored answer.
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
 pub async fn commit(
     pool: &PgPool,
     unsettled: &Unsettled,
     key: &str,
     request: &impl prost::Message,
     order_id: Uuid,
-) -> Result<CommitResponse, Status> {
+) -> Result<CommitResponse, Error> {
     let hash = idempotency::request_hash(request);
-    let mut conn = pool.acquire().await.map_err(db::status)?;
+    let mut conn = pool.acquire().await?;
     let response = |settled| CommitResponse {
         committed: true,
         reservation: Some(settled),
@@ -428,14 +427,12 @@ pub async fn commit(
         return Ok(done);
     }
     match reservation_of(&mut conn, order_id).await? {
-        None => Err(Status::not_found(format!(
+        None => Err(Error::not_found(format!(
             "order {order_id} has no reservation"
         ))),
-        Some(r) if r.status == ReservationStatus::Released as i32 => {
-            Err(Status::failed_precondition(format!(
-                "the reservation of order {order_id} was released and cannot be committed"
-            )))
-        }
+        Some(r) if r.status == ReservationStatus::Released as i32 => Err(Error::conflict(format!(
+            "the reservation of order {order_id} was released and cannot be committed"
+        ))),
         Some(r) if r.status == ReservationStatus::Reserved as i32 => {
             settle(&mut conn, r, Settlement::Commit, key, &hash, response)
                 .await?
@@ -508,9 +505,9 @@ async fn settle<R: prost::Message + Default>(
     key: &str,
     hash: &[u8],
     response: impl FnOnce(Reservation) -> R,
-) -> Result<Option<R>, Status> {
+) -> Result<Option<R>, Error> {
     let id = Uuid::parse_str(&reservation.reservation_id)
-        .map_err(|_| Status::internal("stored reservation id is not a UUID"))?;
+        .map_err(|_| Error::internal("stored reservation id is not a UUID"))?;
     let skus: Vec<String> = reservation.lines.iter().map(|l| l.sku.clone()).collect();
     let quantities: Vec<i64> = reservation.lines.iter().map(|l| l.quantity).collect();
     let now = Utc::now().trunc_subsecs(6);
@@ -532,8 +529,7 @@ async fn settle<R: prost::Message + Default>(
         .bind(d_committed)
         .bind(to.from())
         .fetch_one(&mut *conn)
-        .await
-        .map_err(db::status)?;
+        .await?;
     if settled {
         RESERVATIONS.with_label_values(&[to.column()]).inc();
         return Ok(Some(response));
@@ -543,8 +539,8 @@ async fn settle<R: prost::Message + Default>(
 
 /// A reservation read as reserved was settled by another call before this one could: nothing
 /// happened here, and a retry sees how it ended.
-fn changed_concurrently() -> Status {
-    Status::aborted("the reservation changed concurrently; retry")
+fn changed_concurrently() -> Error {
+    Error::Contended("the reservation changed concurrently; retry")
 }
 
 /// [`settle`]'s statement. `held` locks the reservation row if it is still in status `$12`; only then
@@ -552,14 +548,13 @@ fn changed_concurrently() -> Status {
 /// order (`stock`, materialized so the locks are taken before `shift` joins it: concurrent
 /// settlements and reservations sharing SKUs cannot deadlock), sets the reservation's status
 /// and moves the stock by `$9..$11` per unit.
-const SETTLE_SQL: &str = "WITH held AS (
+const SETTLE_SQL: &str = concat!(
+    "WITH held AS (
          SELECT reservation_id FROM reservations
          WHERE reservation_id = $1 AND status = $12 FOR UPDATE
-     ), claim AS (
-         INSERT INTO idempotency_keys (key, request_hash, response)
-         SELECT $5, $6, $7 FROM held
-         ON CONFLICT (key) DO NOTHING RETURNING key
-     ), stock AS MATERIALIZED (
+     ), ",
+    ordermesh::claim_key!("$5", "$6", "$7", "FROM held"),
+    ", stock AS MATERIALIZED (
          SELECT sku FROM items WHERE sku = ANY($3) AND EXISTS (SELECT 1 FROM claim)
          ORDER BY sku FOR UPDATE
      ), reservation AS (
@@ -571,4 +566,5 @@ const SETTLE_SQL: &str = "WITH held AS (
          FROM stock JOIN unnest($3::text[], $4::bigint[]) AS r(sku, qty) USING (sku)
          WHERE items.sku = stock.sku
      )
-     SELECT EXISTS (SELECT 1 FROM claim)";
+     SELECT EXISTS (SELECT 1 FROM claim)"
+);

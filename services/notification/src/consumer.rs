@@ -74,6 +74,7 @@ struct Received {
 
 /// Records a batch in one statement, then acks every message of it (or naks them all for a
 /// retry when the statement failed). Undecodable messages are terminated on their own.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn record_batch(pool: &PgPool, batch: Vec<Message>) {
     let mut received = Vec::with_capacity(batch.len());
     for message in batch {

@@ -1,13 +1,12 @@
 //! Notification persistence.
 
 use chrono::{DateTime, Utc};
+use ordermesh::Error;
 use ordermesh::{
-    db,
     proto::notification::{Notification, NotificationKind},
     time::to_proto,
 };
 use sqlx::PgPool;
-use tonic::Status;
 use uuid::Uuid;
 
 #[derive(sqlx::FromRow)]
@@ -36,13 +35,14 @@ impl From<NotificationRow> for Notification {
 }
 
 /// Notifications newest first, optionally of one order and kind, before `before`.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     pool: &PgPool,
     order_id: Option<Uuid>,
     kind: Option<NotificationKind>,
     before: Option<Uuid>,
     limit: u32,
-) -> Result<Vec<Notification>, Status> {
+) -> Result<Vec<Notification>, Error> {
     let rows: Vec<NotificationRow> = sqlx::query_as(
         "SELECT notification_id, event_id, order_id, kind, channel, message, sent_at FROM notifications
          WHERE ($1::uuid IS NULL OR order_id = $1)
@@ -55,16 +55,16 @@ pub async fn list(
     .bind(before)
     .bind(i64::from(limit))
     .fetch_all(pool)
-    .await
-    .map_err(db::status)?;
+    .await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
 /// Those of `event_ids` that have a notification (one index probe each).
-pub async fn notified(pool: &PgPool, event_ids: &[Uuid]) -> Result<Vec<Uuid>, Status> {
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn notified(pool: &PgPool, event_ids: &[Uuid]) -> Result<Vec<Uuid>, Error> {
     sqlx::query_scalar("SELECT event_id FROM notifications WHERE event_id = ANY($1)")
         .bind(event_ids)
         .fetch_all(pool)
         .await
-        .map_err(db::status)
+        .map_err(Error::from)
 }

@@ -228,9 +228,9 @@ impl OrderService for Orders {
                 }
                 match store::get(&w.pool, w.order_id).await {
                     Ok(found) => w.pending = found,
-                    Err(status) => {
+                    Err(error) => {
                         w.done = true;
-                        return Some((Err(status), w));
+                        return Some((Err(error.into()), w));
                     }
                 }
             }

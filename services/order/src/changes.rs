@@ -16,10 +16,10 @@ use std::{
 };
 
 use futures::StreamExt;
+use ordermesh::Error;
 use ordermesh::proto::order::Order;
 use prost::Message;
 use tokio::sync::{OnceCell, broadcast};
-use tonic::Status;
 use uuid::Uuid;
 
 /// Signals a watch may fall behind by before it re-reads the order instead.
@@ -71,11 +71,14 @@ impl Changes {
 
     /// A watch of `order_id`'s signals (take it before reading the order, so no change between
     /// the read and the watch is missed).
-    pub async fn subscribe(&self, order_id: Uuid) -> Result<Watch, Status> {
+    #[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
+    pub async fn subscribe(&self, order_id: Uuid) -> Result<Watch, Error> {
         self.listening
             .get_or_try_init(|| self.listen())
             .await
-            .map_err(|_| Status::unavailable("cannot watch orders right now: NATS unavailable"))?;
+            .map_err(|_| {
+                Error::Unavailable("cannot watch orders right now: NATS unavailable".into())
+            })?;
         let receiver = self
             .watchers
             .lock()

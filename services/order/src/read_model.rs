@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
+use ordermesh::Error;
 use ordermesh::proto::order::{Order, OrderStatus};
 use prost::Message;
-use tonic::Status;
 use uuid::Uuid;
 
 use crate::{Deps, store};
@@ -30,7 +30,8 @@ fn is_terminal(order: &Order) -> bool {
 }
 
 /// The order, from the cache when it has it.
-pub async fn get(deps: &Deps, order_id: Uuid) -> Result<Option<Order>, Status> {
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
+pub async fn get(deps: &Deps, order_id: Uuid) -> Result<Option<Order>, Error> {
     if let Some(bytes) = deps.cache.get(&key(order_id)).await
         && let Ok(order) = Order::decode(bytes.as_slice())
     {

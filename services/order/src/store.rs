@@ -2,13 +2,13 @@
 //! journal appends the later events and projects them: [`crate::saga::journal`].)
 
 use chrono::{SubsecRound, Utc};
+use ordermesh::Error;
 use ordermesh::{
-    db, idempotency,
+    idempotency,
     proto::order::{CreateOrderRequest, CreateOrderResponse, Order, OrderStatus},
 };
 use prost::Message;
 use sqlx::{PgPool, types::Json};
-use tonic::Status;
 use uuid::Uuid;
 
 use crate::model::{NewOrder, ORDER_COLUMNS, OrderEvent, OrderRow};
@@ -24,11 +24,12 @@ use crate::saga::{
 /// and with a client `request_id` the response under that key — in one statement (one round
 /// trip, one commit). With a `request_id` already seen, writes nothing and returns that order
 /// as it is now (`created` false).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     journal: &Journal,
     request: &CreateOrderRequest,
     order: NewOrder,
-) -> Result<CreateOrderResponse, Status> {
+) -> Result<CreateOrderResponse, Error> {
     let pool = journal.pool();
     let order_id = Uuid::now_v7();
     // The view's timestamps (and the first event's, which a rebuild of the view takes them
@@ -75,7 +76,7 @@ pub async fn create(
         order_id,
         redrive: false,
     })
-    .map_err(|_| Status::internal("run ticket is not serialisable"))?;
+    .map_err(|_| Error::internal("run ticket is not serialisable"))?;
     let messages = vec![outbox::Message {
         msg_id: ticket_id(order_id),
         subject: journal.names.run_subject(),
@@ -87,13 +88,11 @@ pub async fn create(
         + chrono::Duration::from_std(journal.timeouts.for_step(FIRST))
             .unwrap_or(chrono::Duration::MAX);
     let payload =
-        serde_json::to_value(&event).map_err(|_| Status::internal("event is not serialisable"))?;
-    let created: i64 = sqlx::query_scalar(
-        "WITH claim AS (
-             INSERT INTO idempotency_keys (key, request_hash, response)
-             SELECT $1, $2, $3 WHERE $1::text IS NOT NULL
-             ON CONFLICT (key) DO NOTHING RETURNING key
-         ), go AS (
+        serde_json::to_value(&event).map_err(|_| Error::internal("event is not serialisable"))?;
+    let created: i64 = sqlx::query_scalar(concat!(
+        "WITH ",
+        ordermesh::claim_key!("$1", "$2", "$3", "WHERE $1::text IS NOT NULL"),
+        ", go AS (
              SELECT 1 WHERE $1::text IS NULL OR EXISTS (SELECT 1 FROM claim)
          ), event AS (
              INSERT INTO order_events (order_id, version, event_id, event_type, payload, recorded_at)
@@ -119,7 +118,7 @@ pub async fn create(
                   AS o(msg_id, subject, payload, headers)
          )
          SELECT count(*) FROM view",
-    )
+    ))
     .bind(&key)
     .bind(&hash)
     .bind(response.encode_to_vec())
@@ -146,21 +145,20 @@ pub async fn create(
     .bind(deadline)
     .bind(Json(&context))
     .fetch_one(pool)
-    .await
-    .map_err(db::status)?;
+    .await?;
     if created == 0 {
         // The request id was seen before: answer with that order as it is now.
         let key =
-            key.ok_or_else(|| Status::internal("an order without a request id was not stored"))?;
-        let mut conn = pool.acquire().await.map_err(db::status)?;
+            key.ok_or_else(|| Error::internal("an order without a request id was not stored"))?;
+        let mut conn = pool.acquire().await?;
         let first: CreateOrderResponse = idempotency::stored(&mut conn, &key, &hash).await?;
         drop(conn);
         let order_id = first.order.map(|o| o.order_id).unwrap_or_default();
         let id = Uuid::parse_str(&order_id)
-            .map_err(|_| Status::internal("stored order id is not a UUID"))?;
+            .map_err(|_| Error::internal("stored order id is not a UUID"))?;
         let current = get(pool, id)
             .await?
-            .ok_or_else(|| Status::internal("order of a stored request is missing"))?;
+            .ok_or_else(|| Error::internal("order of a stored request is missing"))?;
         return Ok(CreateOrderResponse {
             order: Some(current),
             created: false,
@@ -174,25 +172,26 @@ pub async fn create(
     Ok(response)
 }
 
-pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, Status> {
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
+pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, Error> {
     let row: Option<OrderRow> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM order_view WHERE order_id = $1"
     ))
     .bind(order_id)
     .fetch_optional(pool)
-    .await
-    .map_err(db::status)?;
+    .await?;
     Ok(row.map(Into::into))
 }
 
 /// Orders newest first (ids are UUID v7), optionally of one customer and status, after `before`.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     pool: &PgPool,
     customer_id: Option<&str>,
     status: Option<OrderStatus>,
     before: Option<Uuid>,
     limit: u32,
-) -> Result<Vec<Order>, Status> {
+) -> Result<Vec<Order>, Error> {
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM order_view
          WHERE ($1::text IS NULL OR customer_id = $1)
@@ -205,7 +204,6 @@ pub async fn list(
     .bind(before)
     .bind(i64::from(limit))
     .fetch_all(pool)
-    .await
-    .map_err(db::status)?;
+    .await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }

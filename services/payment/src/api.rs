@@ -47,6 +47,7 @@ impl PaymentService for Payments {
         };
         let response = store::charge(self.pool.get()?, &key, r, charge, self.version)
             .await
+            .map_err(Status::from)
             .inspect_err(|status| {
                 if crate::metrics::is_server_error(status) {
                     crate::metrics::CHARGES

@@ -3,8 +3,9 @@
 //! (Charge takes it inside the `charge_payment` function, Refund in its transaction).
 
 use chrono::{DateTime, SubsecRound, Utc};
+use ordermesh::Error;
 use ordermesh::{
-    db, idempotency,
+    idempotency,
     proto::{
         common::Money,
         payment::{ChargeResponse, Payment, PaymentStatus, RefundResponse},
@@ -14,7 +15,6 @@ use ordermesh::{
 use prost::Message;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
-use tonic::Status;
 use uuid::Uuid;
 
 use crate::{
@@ -65,27 +65,27 @@ impl From<PaymentRow> for Payment {
     }
 }
 
-async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<(), Status> {
+async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> Result<(), Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
         .bind(order_id)
         .execute(&mut *conn)
-        .await
-        .map_err(db::status)?;
+        .await?;
     Ok(())
 }
 
-async fn load(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<PaymentRow>, Status> {
+async fn load(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<PaymentRow>, Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments WHERE order_id = $1"
     ))
     .bind(order_id)
     .fetch_optional(&mut *conn)
     .await
-    .map_err(db::status)
+    .map_err(Error::from)
 }
 
-pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Payment>, Status> {
-    let mut conn = pool.acquire().await.map_err(db::status)?;
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
+pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Payment>, Error> {
+    let mut conn = pool.acquire().await?;
     Ok(load(&mut conn, order_id).await?.map(Into::into))
 }
 
@@ -101,13 +101,14 @@ pub struct Charge<'a> {
 /// the order's lock, then writes the payment and its stored response unless the key was
 /// answered before (replayed from here), the order is blocked or it is already paid. The
 /// response (timestamps included) is built before the write, so row and answer agree.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn charge(
     pool: &PgPool,
     key: &str,
     request: &impl prost::Message,
     charge: Charge<'_>,
     version: Version,
-) -> Result<ChargeResponse, Status> {
+) -> Result<ChargeResponse, Error> {
     #[derive(sqlx::FromRow)]
     struct Verdict {
         outcome: String,
@@ -141,7 +142,7 @@ pub async fn charge(
     let response = ChargeResponse {
         payment: Some(row.clone().into()),
     };
-    let mut conn = pool.acquire().await.map_err(db::status)?;
+    let mut conn = pool.acquire().await?;
     let verdict: Verdict = sqlx::query_as(
         "SELECT outcome, blocked_reason
          FROM charge_payment($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -160,27 +161,26 @@ pub async fn charge(
     .bind(&row.processor_version)
     .bind(now)
     .fetch_one(&mut *conn)
-    .await
-    .map_err(db::status)?;
+    .await?;
     match verdict.outcome.as_str() {
         "charged" => {}
         "replay" => return idempotency::stored(&mut conn, key, &hash).await,
         "blocked" => {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::conflict(format!(
                 "order {} was cancelled before it was charged ({}); nothing was charged",
                 charge.order_id,
                 verdict.blocked_reason.unwrap_or_default()
             )));
         }
         "paid" => {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::conflict(format!(
                 "order {} already has a payment; retry with its original idempotency key",
                 charge.order_id
             )));
         }
         other => {
             tracing::error!(outcome = other, "charge_payment answered something unknown");
-            return Err(Status::internal("internal database error"));
+            return Err(Error::internal("internal database error"));
         }
     }
     let outcome = if status == PaymentStatus::Captured {
@@ -196,6 +196,7 @@ pub async fn charge(
 
 /// Refunds `amount` (or everything left, when `None`) of the order's charge. Never refunds more
 /// than was charged, nor in another currency; with no charge, blocks the order against a late one.
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
 pub async fn refund(
     pool: &PgPool,
     key: &str,
@@ -203,8 +204,8 @@ pub async fn refund(
     order_id: Uuid,
     amount: Option<ordermesh::domain::Money>,
     reason: &str,
-) -> Result<RefundResponse, Status> {
-    let mut tx = pool.begin().await.map_err(db::status)?;
+) -> Result<RefundResponse, Error> {
+    let mut tx = pool.begin().await?;
     if let Some(replay) = idempotency::claim(&mut tx, key, request).await? {
         return Ok(replay);
     }
@@ -216,30 +217,29 @@ pub async fn refund(
         .bind(order_id)
         .bind(reason)
         .execute(&mut *tx)
-        .await
-        .map_err(db::status)?;
+        .await?;
         let response = RefundResponse {
             payment: None,
             refunded_now: None,
         };
         idempotency::record(&mut tx, key, &response).await?;
-        tx.commit().await.map_err(db::status)?;
+        tx.commit().await?;
         return Ok(response);
     };
     if let Some(asked) = amount
         && asked.currency.as_str() != payment.currency
     {
         // Returning drops the transaction: the key is not claimed, nothing changes.
-        return Err(ordermesh::validation::precondition_failed(
-            "PAYMENT_CURRENCY",
-            &order_id.to_string(),
-            format!(
+        return Err(Error::Refused {
+            kind: "PAYMENT_CURRENCY",
+            subject: order_id.to_string(),
+            description: format!(
                 "refund in {} of a charge made in {}; ask in {}",
                 asked.currency.as_str(),
                 payment.currency,
                 payment.currency
             ),
-        ));
+        });
     }
     let amount_minor = amount.map(|m| m.minor);
     let charged = payment.status != PaymentStatus::Declined.as_str_name();
@@ -252,7 +252,7 @@ pub async fn refund(
         None => left,
         Some(asked) if asked <= left => asked,
         Some(asked) => {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::conflict(format!(
                 "refund of {asked} exceeds the {left} minor units left of the charge"
             )));
         }
@@ -264,8 +264,7 @@ pub async fn refund(
             .bind(now)
             .bind(reason)
             .execute(&mut *tx)
-            .await
-            .map_err(db::status)?;
+            .await?;
         let status = if now == left {
             PaymentStatus::Refunded
         } else {
@@ -279,8 +278,7 @@ pub async fn refund(
         .bind(now)
         .bind(status.as_str_name())
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db::status)?
+        .await?
     } else {
         payment
     };
@@ -293,7 +291,7 @@ pub async fn refund(
         }),
     };
     idempotency::record(&mut tx, key, &response).await?;
-    tx.commit().await.map_err(db::status)?;
+    tx.commit().await?;
     if now > 0 {
         REFUNDS.inc();
     }

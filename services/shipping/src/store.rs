@@ -2,14 +2,14 @@
 //! single statement).
 
 use chrono::{DateTime, SubsecRound, Utc};
+use ordermesh::{Error, error::CONTENDED};
 use ordermesh::{
-    db, idempotency,
+    idempotency,
     proto::shipping::{CancelLabelResponse, CreateLabelResponse, Label, LabelStatus},
     time::to_proto,
 };
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
-use tonic::Status;
 use uuid::Uuid;
 
 use crate::metrics::LABELS;
@@ -49,7 +49,7 @@ async fn load(
     conn: &mut PgConnection,
     order_id: Uuid,
     lock: bool,
-) -> Result<Option<LabelRow>, Status> {
+) -> Result<Option<LabelRow>, Error> {
     let lock = if lock { " FOR UPDATE" } else { "" };
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM labels WHERE order_id = $1{lock}"
@@ -57,11 +57,12 @@ async fn load(
     .bind(order_id)
     .fetch_optional(&mut *conn)
     .await
-    .map_err(db::status)
+    .map_err(Error::from)
 }
 
-pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Label>, Status> {
-    let mut conn = pool.acquire().await.map_err(db::status)?;
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
+pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Label>, Error> {
+    let mut conn = pool.acquire().await?;
     Ok(load(&mut conn, order_id, false).await?.map(Into::into))
 }
 
@@ -83,12 +84,13 @@ pub struct NewLabel<'a> {
 /// claim. A label written meanwhile under another key (a concurrent create, or a cancel that
 /// blocks the order) makes the label insert fail on `labels.order_id`'s uniqueness, which undoes
 /// the claim too (ABORTED; the retry is refused as existing).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     pool: &PgPool,
     key: &str,
     request: &impl prost::Message,
     label: NewLabel<'_>,
-) -> Result<CreateLabelResponse, Status> {
+) -> Result<CreateLabelResponse, Error> {
     #[derive(sqlx::FromRow)]
     struct Attempt {
         created: bool,
@@ -108,21 +110,19 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    let mut conn = pool.acquire().await.map_err(db::status)?;
-    let attempt: Attempt = sqlx::query_as(
+    let mut conn = pool.acquire().await?;
+    let attempt: Attempt = sqlx::query_as(concat!(
         "WITH existing AS (
              SELECT status FROM labels WHERE order_id = $2
-         ), claim AS (
-             INSERT INTO idempotency_keys (key, request_hash, response)
-             SELECT $10, $11, $12 WHERE NOT EXISTS (SELECT 1 FROM existing)
-             ON CONFLICT (key) DO NOTHING RETURNING key
-         ), label AS (
+         ), ",
+        ordermesh::claim_key!("$10", "$11", "$12", "WHERE NOT EXISTS (SELECT 1 FROM existing)"),
+        ", label AS (
              INSERT INTO labels (label_id, order_id, tracking_number, carrier, service_level, status,
                                  units, country_code, created_at, updated_at)
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $9 FROM claim
          )
          SELECT EXISTS (SELECT 1 FROM claim) AS created, (SELECT status FROM existing) AS existing",
-    )
+    ))
     .bind(row.label_id)
     .bind(row.order_id)
     .bind(&row.tracking_number)
@@ -141,8 +141,7 @@ pub async fn create(
         .encode_to_vec(),
     )
     .fetch_one(&mut *conn)
-    .await
-    .map_err(db::status)?;
+    .await?;
     if attempt.created {
         LABELS.with_label_values(&["created"]).inc();
         return Ok(CreateLabelResponse {
@@ -159,23 +158,24 @@ pub async fn create(
             } else {
                 "created"
             };
-            Err(Status::failed_precondition(format!(
+            Err(Error::conflict(format!(
                 "order {} already has a label ({state}); retry with its original idempotency key",
                 label.order_id
             )))
         }
         // The key was taken by a call that has rolled back since: nothing happened here.
-        None => Err(Status::aborted("concurrent update conflict, retry")),
+        None => Err(Error::Contended(CONTENDED)),
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
 pub async fn cancel(
     pool: &PgPool,
     key: &str,
     request: &impl prost::Message,
     order_id: Uuid,
-) -> Result<CancelLabelResponse, Status> {
-    let mut tx = pool.begin().await.map_err(db::status)?;
+) -> Result<CancelLabelResponse, Error> {
+    let mut tx = pool.begin().await?;
     if let Some(replay) = idempotency::claim(&mut tx, key, request).await? {
         return Ok(replay);
     }
@@ -191,8 +191,7 @@ pub async fn cancel(
             .bind(CARRIER)
             .bind(cancelled_status)
             .fetch_one(&mut *tx)
-            .await
-            .map_err(db::status)?;
+            .await?;
             (false, row)
         }
         Some(row) if row.status == cancelled_status => (false, row),
@@ -203,8 +202,7 @@ pub async fn cancel(
             .bind(row.label_id)
             .bind(cancelled_status)
             .fetch_one(&mut *tx)
-            .await
-            .map_err(db::status)?;
+            .await?;
             (true, row)
         }
     };
@@ -213,7 +211,7 @@ pub async fn cancel(
         label: Some(row.into()),
     };
     idempotency::record(&mut tx, key, &response).await?;
-    tx.commit().await.map_err(db::status)?;
+    tx.commit().await?;
     if cancelled {
         LABELS.with_label_values(&["cancelled"]).inc();
     }

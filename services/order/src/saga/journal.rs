@@ -73,15 +73,25 @@ pub enum JournalError {
     Batch(String),
 }
 
+/// The journal's failures in the platform's terms, whose one `From<Error> for Status` picks the
+/// gRPC code: a stopped writer or a failed batch is worth retrying elsewhere (UNAVAILABLE).
+impl From<JournalError> for ordermesh::Error {
+    fn from(e: JournalError) -> ordermesh::Error {
+        match e {
+            JournalError::Db(e) => ordermesh::Error::Database(e),
+            JournalError::Stopped | JournalError::Batch(_) => {
+                ordermesh::Error::Unavailable(e.to_string())
+            }
+            JournalError::Encode(_) => ordermesh::Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// For handlers that call the journal directly: through [`ordermesh::Error`], so its table
+/// still chooses the code.
 impl From<JournalError> for tonic::Status {
     fn from(e: JournalError) -> tonic::Status {
-        match e {
-            JournalError::Db(e) => db::status(e),
-            JournalError::Stopped | JournalError::Batch(_) => {
-                tonic::Status::unavailable(e.to_string())
-            }
-            JournalError::Encode(_) => tonic::Status::internal(e.to_string()),
-        }
+        ordermesh::Error::from(e).into()
     }
 }
 
@@ -155,6 +165,7 @@ impl Journal {
     }
 
     /// The saga and view of `order_id`, if it exists.
+    #[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
     pub async fn load(&self, order_id: Uuid) -> Result<Option<Snapshot>, JournalError> {
         let row: Option<SnapshotRow> = sqlx::query_as(&SNAPSHOT_SQL)
             .bind(order_id)
@@ -166,6 +177,7 @@ impl Journal {
     /// Decides `input` against `seen` and, if it changes anything, appends it (waiting for the
     /// commit). On success the relay gets the entry's messages, watchers a change signal, and a
     /// cached copy of the order that the change made stale is dropped.
+    #[tracing::instrument(level = "debug", skip_all, fields(order_id = %seen.saga.order_id))]
     pub async fn record(&self, seen: &Snapshot, input: Input) -> Result<Recorded, JournalError> {
         let now = Utc::now();
         let what = input.clone();
@@ -563,6 +575,7 @@ async fn write(pool: PgPool, mut queue: mpsc::Receiver<Pending>, shutdown: Cance
 /// Commits `batch` as one statement and answers every entry. A unique violation (a drawn
 /// confirmation number already taken) fails the whole statement; then each entry is committed
 /// alone, and the one that collided answers "conflict", to be decided again with a new number.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn commit(pool: &PgPool, batch: Vec<Pending>) {
     crate::metrics::JOURNAL_BATCH.observe(batch.len() as f64);
     let entries: Vec<&Entry> = batch.iter().map(|p| &p.entry).collect();
@@ -821,6 +834,7 @@ struct TimelineRow {
 }
 
 /// The saga's steps in execution order.
+#[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
 pub async fn timeline(pool: &PgPool, order_id: Uuid) -> Result<Vec<SagaStep>, JournalError> {
     let rows: Vec<TimelineRow> = sqlx::query_as(
         "SELECT step, compensation, status, attempts, started_at, finished_at, error FROM saga_steps

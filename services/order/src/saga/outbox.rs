@@ -246,6 +246,7 @@ struct Row {
 }
 
 /// Publishes rows older than [`STALE`] (nobody handed them over), a batch at a time.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn publish_stale(pool: &PgPool, js: &jetstream::Context) -> Result<(), RelayError> {
     loop {
         let mut tx = pool.begin().await?;
@@ -283,6 +284,7 @@ async fn publish_stale(pool: &PgPool, js: &jetstream::Context) -> Result<(), Rel
 }
 
 /// Publishes `messages` pipelined and waits until JetStream stored every one.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn publish(js: &jetstream::Context, messages: &[Message]) -> Result<(), RelayError> {
     let mut acks = Vec::with_capacity(messages.len());
     for m in messages {

@@ -12,7 +12,18 @@ use figment::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The five services of the mesh. Their order fixes their default ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceName {
     Order,
@@ -80,17 +91,17 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4250";
 pub const MAX_WORKER_THREADS: usize = 256;
 
 /// Everything a service process reads from its environment.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Settings {
     /// Which service this process is (set by its binary, not by the environment).
     pub service: ServiceName,
-    /// Prefix for database names, stream names, subjects and cache keys, so several meshes
-    /// (or tests) share one PostgreSQL, NATS and Redis without seeing each other.
-    /// `ORDERMESH_NAMESPACE`; lower-case letters, digits and `_`.
+    /// Prefix of database names (`<namespace>_<service>`), streams, subjects and cache keys, so
+    /// several meshes (or tests) share one PostgreSQL, NATS and Redis without seeing each
+    /// other. Lower-case letters, digits and `_`.
     pub namespace: String,
-    /// gRPC listen address. `ORDERMESH_GRPC_ADDR`; port 0 picks a free port.
+    /// gRPC listen address; port 0 picks a free port.
     pub grpc_addr: SocketAddr,
-    /// Admin HTTP listen address (health, metrics). `ORDERMESH_ADMIN_ADDR`.
+    /// Admin HTTP listen address: `/health/live`, `/health/ready`, `/metrics`.
     pub admin_addr: SocketAddr,
     pub database: DatabaseSettings,
     pub nats: NatsSettings,
@@ -101,19 +112,21 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub retention: RetentionSettings,
     pub log: LogSettings,
-    /// `local` (default): the platform's tower layers apply timeouts, retries and limits.
-    /// `istio`: the sidecar does, so in-process retries are off and never stack.
-    /// `ORDERMESH_MESH`.
+    /// `local`: the caller applies istio/'s call policy itself (3 attempts, 2 s per try,
+    /// retries only on UNAVAILABLE / RESOURCE_EXHAUSTED / a broken connection within a 20 %
+    /// retry budget, 1000 calls in flight per upstream, refused at once beyond;
+    /// `ordermesh_client_policy_events_total`; outlier ejection is left to the sidecars).
+    /// `istio`: single attempts, so retries never stack with the sidecar's.
     pub mesh: MeshMode,
-    /// Threads of the tokio runtime. Unset: one per core this process may use (tokio's default,
-    /// which follows a container's CPU quota). `ordermesh up` sets it, because there every
-    /// service shares the machine's cores with the others, PostgreSQL and NATS. 1 runs tokio's
-    /// current-thread runtime: no work-stealing machinery, about 9 % less CPU than one worker
-    /// of the multi-thread runtime. `ORDERMESH_WORKER_THREADS`.
+    /// Threads of the tokio runtime; unset is one per core this process may use (tokio's
+    /// default, which follows a container's CPU quota). 1 runs tokio's current-thread runtime:
+    /// no work-stealing machinery, about 9 % less CPU than one worker of the multi-thread
+    /// runtime. `ordermesh up` sets a quarter of the cores (at least 1, `--worker-threads` to
+    /// choose), since there all five services share the machine with PostgreSQL and NATS.
     pub worker_threads: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MeshMode {
     Local,
@@ -122,17 +135,18 @@ pub enum MeshMode {
 
 /// PostgreSQL connection. Each service owns one database, `<namespace>_<service>` unless
 /// `name` is set; it is created if missing.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DatabaseSettings {
-    /// Server URL without a database, e.g. `postgres://postgres@127.0.0.1:5432`.
-    /// `ORDERMESH_DATABASE__URL`. May carry a password; never logged.
+    /// PostgreSQL server, without a database name. May carry a password: it is never logged
+    /// (or read it from a file, see below).
     pub url: String,
-    /// Database name override. `ORDERMESH_DATABASE__NAME`.
+    /// The service's database; unset is `<namespace>_<service>`. Created if missing.
     pub name: Option<String>,
-    /// Pool size. `ORDERMESH_DATABASE__MAX_CONNECTIONS`.
+    /// Size of the connection pool.
     pub max_connections: u32,
-    /// How long a query waits for a pooled connection. `ORDERMESH_DATABASE__ACQUIRE_TIMEOUT`.
+    /// How long a query waits for a pooled connection before the call fails UNAVAILABLE.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub acquire_timeout: Duration,
 }
 
@@ -147,14 +161,14 @@ impl fmt::Debug for DatabaseSettings {
 }
 
 /// NATS JetStream: where, and how many copies of each stream it keeps.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NatsSettings {
-    /// `ORDERMESH_NATS__URL`: one server, or several separated by commas (a cluster's seeds; the
-    /// client learns the rest from the cluster).
+    /// NATS with JetStream: one server, or a cluster's seeds separated by commas (the client
+    /// learns the rest of the cluster from them).
     pub url: String,
-    /// `ORDERMESH_NATS__REPLICAS`: copies of every stream the services create (1-5; the
-    /// consumers inherit it). 1 for one server (`make up`); 3 in production, where the NATS
-    /// cluster has three or more JetStream servers and a stream survives losing one.
+    /// Copies of every stream the services create (1-5; consumers inherit it): 1 for one
+    /// server (`make up`), 3 in the prod overlay, whose NATS is a 3-node JetStream cluster, so
+    /// a stream survives losing a server.
     #[serde(default = "one_replica")]
     pub replicas: usize,
 }
@@ -191,10 +205,11 @@ pub fn nats_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, ConfigErro
 /// JetStream's limit on the copies of one stream.
 pub const MAX_NATS_REPLICAS: usize = 5;
 
-/// Redis, used only as a read-through cache: when it is down reads get slower, never wrong.
-/// `ORDERMESH_REDIS__URL`; an empty URL disables the cache.
-#[derive(Clone, Serialize, Deserialize)]
+/// Redis, used only as a read-through cache.
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RedisSettings {
+    /// The order read model's cache (optional: down means slower, never wrong); empty turns
+    /// it off.
     pub url: String,
 }
 
@@ -206,16 +221,22 @@ impl fmt::Debug for RedisSettings {
     }
 }
 
-/// Where the other services are. `ORDERMESH_ENDPOINTS__INVENTORY=http://inventory:50051`, ...
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Where the other services are. In Kubernetes, `http://<service>:50051` through the sidecar;
+/// a comma-separated list is balanced client-side.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Endpoints {
+    /// The order service.
     pub order: String,
+    /// The inventory service.
     pub inventory: String,
+    /// The payment service (v1 and, without a canary list, every call).
     pub payment: String,
+    /// The shipping service.
     pub shipping: String,
+    /// The notification service.
     pub notification: String,
-    /// The payment canary (v2), for calls carrying `x-version: v2`; empty = no canary.
-    /// `ORDERMESH_ENDPOINTS__PAYMENT_CANARY`. Behind Istio the VirtualService routes instead.
+    /// Payment v2 instances: calls carrying `x-version: v2` go there, what the canary
+    /// VirtualService does in Kubernetes; empty means no canary.
     #[serde(default)]
     pub payment_canary: String,
 }
@@ -233,31 +254,33 @@ impl Endpoints {
 }
 
 /// Outbound gRPC calls.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ClientSettings {
-    /// Deadline of one outbound call unless the inbound deadline is sooner.
-    /// `ORDERMESH_CLIENT__TIMEOUT`, e.g. `2s`.
+    /// Deadline of an outbound call (the inbound deadline wins when sooner).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
-    /// TCP connect timeout. `ORDERMESH_CLIENT__CONNECT_TIMEOUT`.
+    /// Outbound TCP connect timeout.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
 }
 
 /// Inbound gRPC limits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServerSettings {
-    /// Largest request message accepted; larger ones get RESOURCE_EXHAUSTED.
-    /// `ORDERMESH_SERVER__MAX_MESSAGE_BYTES`.
+    /// Largest request accepted, in bytes; larger gets RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
-    /// Longest any RPC may run, whatever deadline the client asked for.
-    /// `ORDERMESH_SERVER__MAX_REQUEST_DURATION`.
+    /// No RPC runs longer, whatever deadline the client sent; a WatchOrder stream ends with
+    /// DEADLINE_EXCEEDED then (or at the client's sooner deadline): watch again to continue.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_request_duration: Duration,
-    /// Concurrent requests per connection. `ORDERMESH_SERVER__MAX_CONCURRENT_STREAMS`.
+    /// Concurrent requests per HTTP/2 connection.
     pub max_concurrent_streams: u32,
-    /// Calls (streams included, until they end) one client may have in flight; more are refused
-    /// at once with RESOURCE_EXHAUSTED. `ORDERMESH_SERVER__MAX_IN_FLIGHT_PER_CLIENT`.
+    /// Calls (open streams included) one client may have in flight; more get
+    /// RESOURCE_EXHAUSTED at once. The client is its mesh identity (SPIFFE id from the
+    /// sidecar) or its IP.
     #[serde(default = "default_in_flight_per_client")]
     pub max_in_flight_per_client: usize,
 }
@@ -269,42 +292,49 @@ fn default_in_flight_per_client() -> usize {
 /// Graceful shutdown on SIGTERM/SIGINT: report NOT_SERVING, keep serving for `delay` (so load
 /// balancers and Kubernetes endpoints stop sending traffic), stop accepting, then let in-flight
 /// calls finish for at most `drain_timeout`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShutdownSettings {
-    /// `ORDERMESH_SHUTDOWN__DELAY`, e.g. `5s` in Kubernetes, `0s` locally.
+    /// After SIGTERM, keep serving while reporting NOT_SERVING, so endpoints stop sending
+    /// traffic first (about 5s in Kubernetes).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub delay: Duration,
-    /// `ORDERMESH_SHUTDOWN__DRAIN_TIMEOUT`.
+    /// Longest wait for in-flight calls to finish at shutdown.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub drain_timeout: Duration,
 }
 
 /// How long bookkeeping rows that only guard against repeats (idempotency keys and their stored
 /// responses) are kept, and how they are pruned (see `ordermesh::retention`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RetentionSettings {
-    /// A retry with the same idempotency key inside this window gets the stored answer; after
-    /// it, the key is a new request. Keep it longer than any client or saga retries (the saga's
-    /// step deadlines are minutes). `ORDERMESH_RETENTION__KEEP`, default `7days`.
+    /// How long idempotency keys and their stored answers are kept: a retry inside the window
+    /// is answered from the store, after it the key is a new request. Keep it longer than any
+    /// client or saga retries (the saga's step deadlines are minutes).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub keep: Duration,
-    /// How often expired rows are pruned. `ORDERMESH_RETENTION__EVERY`, default `10m`.
+    /// How often expired keys are pruned: batches of short transactions with `SKIP LOCKED`
+    /// over a BRIN index (`ordermesh_retention_pruned_rows_total`).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub every: Duration,
-    /// Rows deleted per statement (one short transaction each).
-    /// `ORDERMESH_RETENTION__BATCH`, default 1000.
+    /// Rows deleted per pruning statement (one short transaction each).
     pub batch: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LogSettings {
-    /// `json` (default; one object per line) or `pretty`. `ORDERMESH_LOG__FORMAT`.
+    /// `json` (one object per line) or `pretty`.
     pub format: LogFormat,
-    /// A `tracing` filter such as `info,sqlx=warn`. `ORDERMESH_LOG__FILTER`; `RUST_LOG` wins.
+    /// A `tracing` filter such as `info,sqlx=warn` (`RUST_LOG` wins). The store, journal and
+    /// NATS functions have DEBUG spans: `info,ordermesh_inventory=debug` shows them for one
+    /// service.
     pub filter: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Json,
@@ -468,7 +498,7 @@ fn figment(service: ServiceName) -> Figment {
 /// A service's own settings (`ORDERMESH_<NAME>__*`, e.g. the order service's `saga`), read once
 /// at start beside the platform's [`Settings`] and handed to the service's `run` with them, so a
 /// service reads nothing from the environment itself.
-pub trait Section: Serialize + DeserializeOwned + Default {
+pub trait Section: Serialize + DeserializeOwned + Default + schemars::JsonSchema {
     /// The section's name: `saga` for `ORDERMESH_SAGA__*`.
     const NAME: &'static str;
 
@@ -487,6 +517,11 @@ pub trait Section: Serialize + DeserializeOwned + Default {
         variables(&Self::prefix(), &Self::default())
     }
 
+    /// The section's rows of docs/configuration.md (see [`crate::config_reference`]).
+    fn reference() -> Vec<crate::config_reference::Row> {
+        crate::config_reference::rows(&Self::prefix(), &[("", Self::default())], &[])
+    }
+
     /// The section from the environment over its defaults, validated.
     fn load() -> Result<Self, ConfigError> {
         let prefix = Self::prefix();
@@ -500,7 +535,7 @@ pub trait Section: Serialize + DeserializeOwned + Default {
 }
 
 /// The section of a service that has none of its own.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NoSection;
 
 impl Section for NoSection {
@@ -541,6 +576,15 @@ pub fn variables(prefix: &str, defaults: &impl Serialize) -> std::collections::B
 }
 
 impl Settings {
+    /// The platform's rows of docs/configuration.md (see [`crate::config_reference`]), with
+    /// each service's default where they differ (the listen addresses).
+    pub fn reference() -> Vec<crate::config_reference::Row> {
+        let mut services = ServiceName::ALL;
+        services.sort_by_key(|s| s.port_offset());
+        let defaults = services.map(|s| (s.as_str(), Settings::defaults(s)));
+        crate::config_reference::rows("ORDERMESH_", &defaults, &["service"])
+    }
+
     /// Every `ORDERMESH_*` variable the platform settings read (service sections not included).
     pub fn variables() -> std::collections::BTreeSet<String> {
         let mut all = variables("ORDERMESH_", &Settings::defaults(ServiceName::Order));

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod client;
 pub mod client_limit;
 pub mod config;
+pub mod config_reference;
 pub mod context;
 pub mod db;
 pub mod domain;

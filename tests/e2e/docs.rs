@@ -101,3 +101,46 @@ fn the_capacity_page_is_generated_from_the_bench_run_it_names() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The tables of docs/configuration.md, each between `<!-- begin: NAME -->` and
+/// `<!-- end: NAME -->`, are written from the settings types and their doc comments (see
+/// `ordermesh::config_reference`). To change one, change the doc comment or the default, then
+/// `ORDERMESH_BLESS=1 cargo test --test e2e configuration_page` rewrites the page.
+#[test]
+fn the_configuration_page_is_generated_from_the_settings_types() {
+    use ordermesh::{config::Section, config_reference::table};
+
+    let path = root().join("docs/configuration.md");
+    let page = std::fs::read_to_string(&path).expect("docs/configuration.md");
+    let tables = [
+        ("platform", table(&ordermesh::config::Settings::reference())),
+        ("saga", table(&ordermesh_order::SagaSettings::reference())),
+        (
+            "payment",
+            table(&ordermesh_payment::PaymentSettings::reference()),
+        ),
+    ];
+    let mut written = page.clone();
+    for (name, table) in &tables {
+        let begin = format!("<!-- begin: {name} -->\n");
+        let end = format!("<!-- end: {name} -->");
+        let start = written
+            .find(&begin)
+            .unwrap_or_else(|| panic!("docs/configuration.md lacks {begin:?}"))
+            + begin.len();
+        let stop = start
+            + written[start..]
+                .find(&end)
+                .unwrap_or_else(|| panic!("docs/configuration.md lacks {end:?}"));
+        written.replace_range(start..stop, table);
+    }
+    if std::env::var_os("ORDERMESH_BLESS").is_some() {
+        std::fs::write(&path, &written).expect("write docs/configuration.md");
+        return;
+    }
+    assert!(
+        written == page,
+        "docs/configuration.md does not match the settings types; run \
+         `ORDERMESH_BLESS=1 cargo test --test e2e configuration_page` and review the diff"
+    );
+}

@@ -56,29 +56,30 @@ pub(crate) struct Deps {
 }
 
 /// `ORDERMESH_SAGA__*` settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SagaSettings {
     #[serde(flatten)]
     pub timeouts: Timeouts,
-    /// Sagas one instance drives at once (waiting ones do not count: their tickets wait in
-    /// JetStream). `ORDERMESH_SAGA__CONCURRENCY`.
+    /// Sagas one order-service instance drives at once (waiting sagas do not count: their
+    /// tickets wait in JetStream). 1-100000.
     pub concurrency: usize,
     /// Attempts of a step before it gives up: a forward step parks with a dead letter (and
     /// still compensates at its deadline), a compensation ends the saga FAILED.
-    /// `ORDERMESH_SAGA__MAX_DELIVER`.
     pub max_deliver: i64,
-    /// How often the sweeper looks for sagas that stopped moving. `ORDERMESH_SAGA__SWEEP_EVERY`.
+    /// How often one instance looks for sagas that stopped moving (a lost run ticket).
     #[serde(with = "humantime_serde", default = "default_sweep_every")]
+    #[schemars(with = "String")]
     pub sweep_every: std::time::Duration,
-    /// How long an unfinished saga may go without a move before its run ticket is re-issued:
-    /// longer than any legitimate wait (the largest retry backoff plus a ticket's ack wait).
-    /// `ORDERMESH_SAGA__STALL_AFTER`.
+    /// How long an unfinished saga may go without a move before its run ticket is re-issued;
+    /// must exceed the largest retry backoff plus the ticket ack wait.
     #[serde(with = "humantime_serde", default = "default_stall_after")]
+    #[schemars(with = "String")]
     pub stall_after: std::time::Duration,
     /// How long a runner may hold a run ticket without an in-progress ack before JetStream hands
     /// it to another runner: how soon the sagas of a crashed instance resume. The runner sends
-    /// progress three times per period. `ORDERMESH_SAGA__TICKET_ACK_WAIT`.
+    /// progress three times per period. 1s-10m.
     #[serde(with = "humantime_serde", default = "default_ticket_ack_wait")]
+    #[schemars(with = "String")]
     pub ticket_ack_wait: std::time::Duration,
 }
 

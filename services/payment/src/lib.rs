@@ -25,9 +25,9 @@ static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
     std::sync::LazyLock::new(|| ordermesh::db::rollback_safe(sqlx::migrate!("./migrations")));
 
 /// `ORDERMESH_PAYMENT__*` settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PaymentSettings {
-    /// Processor behaviour: `v1` (stable) or `v2` (canary). `ORDERMESH_PAYMENT__VERSION`.
+    /// Payment processor behaviour: `v1`, or the canary `v2`.
     pub version: Version,
 }
 

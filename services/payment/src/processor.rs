@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Which behaviour this process runs, from `ORDERMESH_PAYMENT__VERSION` (`v1` or `v2`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Version {
     V1,

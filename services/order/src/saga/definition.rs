@@ -160,27 +160,34 @@ pub fn compensations(failed: Step, effect_unknown: bool) -> Vec<Step> {
 }
 
 /// Per-step deadlines and the retry backoff for transient failures (`ORDERMESH_SAGA__*`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Timeouts {
-    /// `ORDERMESH_SAGA__INVENTORY_TIMEOUT`, default 2 minutes.
+    /// Deadline of the reserve-inventory step; past it the order is compensated.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub inventory_timeout: Duration,
-    /// `ORDERMESH_SAGA__PAYMENT_TIMEOUT`, default 3 minutes.
+    /// Deadline of the process-payment step.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub payment_timeout: Duration,
-    /// `ORDERMESH_SAGA__SHIPPING_TIMEOUT`, default 5 minutes.
+    /// Deadline of the create-shipping-label step.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shipping_timeout: Duration,
-    /// ConfirmOrder (the inventory commit). `ORDERMESH_SAGA__CONFIRM_TIMEOUT`, default 2 minutes.
+    /// Deadline of the confirm-order step (the inventory commit); past it the order is
+    /// compensated.
     #[serde(with = "humantime_serde", default = "default_confirm_timeout")]
+    #[schemars(with = "String")]
     pub confirm_timeout: Duration,
-    /// Each compensation; past it the saga ends FAILED (event, notification, metric, dead
-    /// letter). `ORDERMESH_SAGA__COMPENSATION_TIMEOUT`, default 10 minutes.
+    /// Deadline of each compensation; past it the saga ends FAILED with an event, a
+    /// notification, a metric and a dead letter.
     #[serde(with = "humantime_serde", default = "default_compensation_timeout")]
+    #[schemars(with = "String")]
     pub compensation_timeout: Duration,
-    /// Delays before retrying a step after a transient failure; the last one repeats until the
-    /// step's deadline. `ORDERMESH_SAGA__RETRY_BACKOFF="5s 10s 30s"`.
+    /// Delays before retrying a step after a transient failure, separated by spaces; the last
+    /// one repeats, never past the step's deadline.
     #[serde(with = "humantime_list")]
+    #[schemars(with = "String")]
     pub retry_backoff: Vec<Duration>,
 }
 

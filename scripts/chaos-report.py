@@ -20,7 +20,7 @@ The promise — every order ends CONFIRMED or cleanly compensated, nothing lost 
 tested with real faults on real processes. Each scenario in `tests/e2e/chaos.rs` runs a stream of
 mixed orders (90 % in stock with a good card, 5 % out of stock, 5 % declined, each with a
 request id the stream retries with while the order service is unreachable), injects its fault,
-waits until every order is terminal and then runs `ordermesh check` over the test's databases:
+waits until every order is terminal and then runs `ordermesh check` against the test's services:
 inventory conserved, no double charge, every cancelled-and-charged order refunded exactly once,
 labels of cancelled orders cancelled, one notification per order, gap-free event streams. Late
 is allowed, lost is not: the check is repeated for up to a minute (a notification whose delivery

@@ -1,18 +1,21 @@
 //! The admin HTTP port: `/health/live` (the process runs), `/health/ready` (SERVING: its
-//! database, NATS and migrations are ready and it is not shutting down) and `/metrics`.
+//! database, NATS and migrations are ready and it is not shutting down), `/metrics`, and what a
+//! service adds (`/audit`).
 
 use std::time::Duration;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tokio::sync::watch;
 
-/// Routes of the admin port; `ready` mirrors the gRPC health status.
-pub fn router(ready: watch::Receiver<bool>) -> Router {
+/// Routes of the admin port; `ready` mirrors the gRPC health status; `service` adds the
+/// service's own (see [`crate::server::Host::add_admin_routes`]).
+pub fn router(ready: watch::Receiver<bool>, service: Router) -> Router {
     Router::new()
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(readiness))
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .with_state(ready)
+        .merge(service)
         // A scrape or probe never holds a connection open for long.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

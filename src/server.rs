@@ -64,6 +64,7 @@ pub struct Host {
     health: HealthReporter,
     background: Background,
     http: Option<axum::Router>,
+    admin: axum::Router,
 }
 
 /// Spawns long-running work (consumers, relays) that stops when the service shuts down.
@@ -126,6 +127,7 @@ impl Host {
             health,
             background: Background::default(),
             http: None,
+            admin: axum::Router::new(),
         };
         tracing::info!(
             service = %host.settings.service,
@@ -185,6 +187,13 @@ impl Host {
         self
     }
 
+    /// Adds routes to the admin port (internal, never routed through the ingress): a service's
+    /// side of `ordermesh check` (`/audit`, see [`crate::audit`]).
+    pub fn add_admin_routes(&mut self, router: axum::Router) -> &mut Self {
+        self.admin = std::mem::take(&mut self.admin).merge(router);
+        self
+    }
+
     /// [`Host::serve`] for a service whose handlers need only its own database: start-up creates
     /// and migrates it (waiting while PostgreSQL is down), starts pruning its `expiring` tables
     /// (see [`crate::retention`]) and hands the pool to the handlers.
@@ -228,6 +237,7 @@ impl Host {
             health,
             background,
             http,
+            admin,
         } = self;
         let service = settings.service.as_str();
         for name in &names {
@@ -268,7 +278,7 @@ impl Host {
         let admin = {
             let stop = stop_admin.clone();
             tokio::spawn(async move {
-                axum::serve(admin_listener, crate::admin::router(ready_rx))
+                axum::serve(admin_listener, crate::admin::router(ready_rx, admin))
                     .with_graceful_shutdown(stop.cancelled_owned())
                     .await
             })

@@ -1,7 +1,9 @@
-//! `ordermesh check`: verifies the mesh's invariants by reading each service's database, and
-//! names the offending ids. Exit code 1 on any violation; `--json` for machines.
+//! `ordermesh check`: verifies the mesh's invariants and names the offending ids. Each service
+//! answers for its own database on its admin port (`GET /audit`, see `ordermesh::audit`): the
+//! invariants one database keeps, and what it holds for each order; this command joins those
+//! sides. Exit code 1 on any violation; `--json` for machines.
 //!
-//! Invariants (DESIGN.md):
+//! Invariants (docs/design.md):
 //! - every order older than `--settle` is terminal;
 //! - inventory is conserved: each item's `reserved` and `committed` equal the sums of its
 //!   reserved and committed reservation lines (stock moves only through reservations), and no
@@ -19,30 +21,55 @@
 //! the mesh to settle must not wait on them. The others span databases that move one after
 //! another (a notification arrives after its order ends) and may lag for a moment.
 
-use std::{collections::HashMap, str::FromStr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context;
-use serde_json::json;
-use sqlx::{
-    PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
+use ordermesh::{
+    audit::{Finding, OrderSide, Side},
+    config::ServiceName,
 };
+use serde_json::json;
 use uuid::Uuid;
 
-use ordermesh::config::ServiceName;
-
+/// Where each service's admin port is (`ordermesh up` and the defaults agree; in Kubernetes,
+/// `kubectl port-forward` each deployment's admin port).
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// PostgreSQL server holding the services' databases.
+    /// The order service's admin URL.
     #[arg(
         long,
-        env = "ORDERMESH_DATABASE__URL",
-        default_value = "postgres://postgres@127.0.0.1:5432"
+        env = "ORDERMESH_ADMIN_ENDPOINTS__ORDER",
+        default_value = "http://127.0.0.1:9101"
     )]
-    database_url: String,
-    /// The mesh's namespace (databases are `<namespace>_<service>`).
-    #[arg(long, env = "ORDERMESH_NAMESPACE", default_value = "ordermesh")]
-    namespace: String,
+    order_admin: String,
+    /// The inventory service's admin URL.
+    #[arg(
+        long,
+        env = "ORDERMESH_ADMIN_ENDPOINTS__INVENTORY",
+        default_value = "http://127.0.0.1:9102"
+    )]
+    inventory_admin: String,
+    /// The payment service's admin URL.
+    #[arg(
+        long,
+        env = "ORDERMESH_ADMIN_ENDPOINTS__PAYMENT",
+        default_value = "http://127.0.0.1:9103"
+    )]
+    payment_admin: String,
+    /// The shipping service's admin URL.
+    #[arg(
+        long,
+        env = "ORDERMESH_ADMIN_ENDPOINTS__SHIPPING",
+        default_value = "http://127.0.0.1:9104"
+    )]
+    shipping_admin: String,
+    /// The notification service's admin URL.
+    #[arg(
+        long,
+        env = "ORDERMESH_ADMIN_ENDPOINTS__NOTIFICATION",
+        default_value = "http://127.0.0.1:9105"
+    )]
+    notification_admin: String,
     /// Orders younger than this may still be in flight and are not required to be terminal.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     settle: Duration,
@@ -51,211 +78,184 @@ pub struct CheckArgs {
     json: bool,
 }
 
+impl CheckArgs {
+    fn admin(&self, service: ServiceName) -> &str {
+        match service {
+            ServiceName::Order => &self.order_admin,
+            ServiceName::Inventory => &self.inventory_admin,
+            ServiceName::Payment => &self.payment_admin,
+            ServiceName::Shipping => &self.shipping_admin,
+            ServiceName::Notification => &self.notification_admin,
+        }
+    }
+}
+
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime_serde::re::humantime::parse_duration(raw)
         .map_err(|e| format!("{raw:?} is not a duration ({e}); e.g. 30s, 10m"))
 }
 
-/// One invariant's result.
-struct Finding {
-    name: &'static str,
-    /// Holds at every instant: a violation is never "not yet settled".
-    always: bool,
-    offenders: Vec<String>,
+/// Asks one service for its side.
+async fn side(args: &CheckArgs, service: ServiceName) -> anyhow::Result<Side> {
+    let url = format!(
+        "{}/audit?settle={}",
+        args.admin(service).trim_end_matches('/'),
+        args.settle.as_secs()
+    );
+    let what = format!("asking the {service} service for its side of the invariants at {url}");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Side> {
+        let mut response = ureq::get(&url)
+            .config()
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .call()?;
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()?;
+        Ok(serde_json::from_str(&body)?)
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "{what} (is it running? --{service}-admin or ORDERMESH_ADMIN_ENDPOINTS__{} names it)",
+            service.as_str().to_uppercase()
+        )
+    })
+}
+
+/// One side's orders by id (the payment service may hold two rows for a doubly charged order:
+/// the first stands in here, the double charge is that service's own finding).
+fn by_order(side: &Side) -> HashMap<Uuid, &OrderSide> {
+    let mut orders = HashMap::new();
+    for order in &side.orders {
+        orders.entry(order.order_id).or_insert(order);
+    }
+    orders
+}
+
+fn finding(name: &str, always: bool, offenders: Vec<String>) -> Finding {
+    Finding {
+        name: name.to_string(),
+        always,
+        offenders,
+    }
 }
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
-    let pool = |s: ServiceName| {
-        let url = args.database_url.clone();
-        let name = format!("{}_{s}", args.namespace);
-        async move {
-            let options = PgConnectOptions::from_str(&url)
-                .context("ORDERMESH_DATABASE__URL")?
-                .database(&name);
-            PgPoolOptions::new()
-                .max_connections(2)
-                .connect_with(options)
-                .await
-                .with_context(|| format!("connecting to database {name} (is --namespace right?)"))
-        }
-    };
-    let orders = pool(ServiceName::Order).await?;
-    let inventory = pool(ServiceName::Inventory).await?;
-    let payment = pool(ServiceName::Payment).await?;
-    let shipping = pool(ServiceName::Shipping).await?;
-    let notification = pool(ServiceName::Notification).await?;
-
-    let statuses: HashMap<Uuid, (String, bool)> = sqlx::query_as::<_, (Uuid, String, bool)>(
-        "SELECT order_id, status, created_at < now() - make_interval(secs => $1) FROM order_view",
-    )
-    .bind(args.settle.as_secs_f64())
-    .fetch_all(&orders)
-    .await?
-    .into_iter()
-    .map(|(id, status, settled)| (id, (status, settled)))
-    .collect();
-    let status_of = |id: &Uuid| {
-        statuses
-            .get(id)
-            .map(|(s, _)| s.trim_start_matches("ORDER_STATUS_"))
-            .unwrap_or("UNKNOWN")
-    };
+    let (order, inventory, payment, shipping, notification) = tokio::try_join!(
+        side(&args, ServiceName::Order),
+        side(&args, ServiceName::Inventory),
+        side(&args, ServiceName::Payment),
+        side(&args, ServiceName::Shipping),
+        side(&args, ServiceName::Notification),
+    )?;
+    let statuses = by_order(&order);
+    let status_of = |id: &Uuid| statuses.get(id).map_or("UNKNOWN", |o| o.state.as_str());
     let finished = |s: &str| matches!(s, "CONFIRMED" | "CANCELLED" | "FAILED");
 
-    let mut findings = Vec::new();
-    findings.push(Finding {
-        name: "orders not terminal after the settle time",
-        always: false,
-        offenders: statuses
-            .iter()
-            .filter(|(_, (status, settled))| {
-                *settled && !finished(status.trim_start_matches("ORDER_STATUS_"))
-            })
-            .map(|(id, (status, _))| format!("{id} ({status})"))
+    let mut findings = vec![finding(
+        "orders not terminal after the settle time",
+        false,
+        statuses
+            .values()
+            .filter(|o| o.settled && !finished(&o.state))
+            .map(|o| format!("{} (ORDER_STATUS_{})", o.order_id, o.state))
             .collect(),
-    });
-    findings.push(Finding {
-        name: "order event streams with gaps or duplicate versions",
-        always: true,
-        offenders: ids(&orders, "SELECT order_id FROM order_events GROUP BY order_id HAVING min(version) <> 1 OR max(version) <> count(*) OR count(DISTINCT version) <> count(*)").await?,
-    });
-    findings.push(Finding {
-        name: "inventory not conserved (item levels differ from their reservations)",
-        always: true,
-        offenders: sqlx::query_scalar(
-            "SELECT i.sku || ' (reserved ' || i.reserved || ' vs ' || coalesce(r.reserved, 0) || ', committed ' || i.committed || ' vs ' || coalesce(r.committed, 0) || ')'
-             FROM items i LEFT JOIN (
-                SELECT l.sku, sum(l.quantity) FILTER (WHERE r.status = 'reserved') AS reserved,
-                              sum(l.quantity) FILTER (WHERE r.status = 'committed') AS committed
-                FROM reservation_lines l JOIN reservations r USING (reservation_id) GROUP BY l.sku) r USING (sku)
-             WHERE i.reserved <> coalesce(r.reserved, 0) OR i.committed <> coalesce(r.committed, 0)",
-        )
-        .fetch_all(&inventory)
-        .await?,
-    });
-    findings.push(Finding {
-        name: "confirmation numbers shared by more than one order",
-        always: true,
-        offenders: sqlx::query_scalar(
-            "SELECT payload->>'confirmation_number' || ' (' || count(DISTINCT order_id) || ' orders)'
-             FROM order_events WHERE event_type = 'confirmed'
-             GROUP BY payload->>'confirmation_number' HAVING count(DISTINCT order_id) > 1",
-        )
-        .fetch_all(&orders)
-        .await?,
-    });
-    let reservations: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT order_id, status FROM reservations")
-            .fetch_all(&inventory)
-            .await?;
-    findings.push(Finding {
-        name: "stock held or shipped for an order that did not confirm",
-        always: false,
-        offenders: reservations
+    )];
+    for side in [&order, &inventory, &payment, &shipping, &notification] {
+        findings.extend(side.findings.iter().cloned());
+    }
+    findings.push(finding(
+        "stock held or shipped for an order that did not confirm",
+        false,
+        inventory
+            .orders
             .iter()
-            .filter(|(id, status)| {
-                let order = status_of(id);
-                finished(order) && order != "CONFIRMED" && status != "released"
+            .filter(|r| {
+                let order = status_of(&r.order_id);
+                finished(order) && order != "CONFIRMED" && r.state != "RELEASED"
             })
-            .map(|(id, status)| format!("{id} ({}, reservation {status})", status_of(id)))
-            .collect(),
-    });
-
-    let payments: Vec<(Uuid, i64, String, i64, i64)> = sqlx::query_as(
-        "SELECT order_id, count(*) OVER (PARTITION BY order_id), status, amount_minor, refunded_minor FROM payments",
-    )
-    .fetch_all(&payment)
-    .await?;
-    findings.push(Finding {
-        name: "orders charged more than once",
-        always: true,
-        offenders: payments
-            .iter()
-            .filter(|p| p.1 > 1)
-            .map(|p| p.0.to_string())
-            .collect(),
-    });
-    findings.push(Finding {
-        name: "cancelled orders charged but not refunded exactly",
-        always: false,
-        offenders: payments
-            .iter()
-            .filter(|(id, _, status, amount, refunded)| {
-                matches!(status_of(id), "CANCELLED" | "FAILED")
-                    && status != "PAYMENT_STATUS_DECLINED"
-                    && refunded != amount
-            })
-            .map(|(id, _, _, amount, refunded)| {
-                format!("{id} (charged {amount}, refunded {refunded})")
+            .map(|r| {
+                format!(
+                    "{} ({}, reservation {})",
+                    r.order_id,
+                    status_of(&r.order_id),
+                    r.state.to_lowercase()
+                )
             })
             .collect(),
-    });
-    let charged: HashMap<Uuid, bool> = payments
-        .iter()
-        .map(|(id, _, status, _, refunded)| {
-            (*id, status == "PAYMENT_STATUS_CAPTURED" && *refunded == 0)
-        })
-        .collect();
-    findings.push(Finding {
-        name: "confirmed orders without a standing charge",
-        always: false,
-        offenders: statuses
-            .iter()
-            .filter(|(id, (status, _))| {
-                status == "ORDER_STATUS_CONFIRMED" && !charged.get(id).copied().unwrap_or(false)
+    ));
+    let payments = by_order(&payment);
+    findings.push(finding(
+        "cancelled orders charged but not refunded exactly",
+        false,
+        payments
+            .values()
+            .filter(|p| {
+                matches!(status_of(&p.order_id), "CANCELLED" | "FAILED")
+                    && p.state != "DECLINED"
+                    && p.refunded_minor != p.amount_minor
             })
-            .map(|(id, _)| id.to_string())
+            .map(|p| {
+                format!(
+                    "{} (charged {}, refunded {})",
+                    p.order_id, p.amount_minor, p.refunded_minor
+                )
+            })
             .collect(),
-    });
-
-    let labels: HashMap<Uuid, String> =
-        sqlx::query_as::<_, (Uuid, String)>("SELECT order_id, status FROM labels")
-            .fetch_all(&shipping)
-            .await?
-            .into_iter()
-            .collect();
-    findings.push(Finding {
-        name: "labels not matching the order (live for a cancelled order, missing for a confirmed one)",
-        always: false,
-        offenders: statuses
-            .iter()
-            .filter(|(id, (status, _))| {
-                let live = labels.get(id).is_some_and(|l| l == "LABEL_STATUS_CREATED");
-                match status.trim_start_matches("ORDER_STATUS_") {
+    ));
+    findings.push(finding(
+        "confirmed orders without a standing charge",
+        false,
+        statuses
+            .values()
+            .filter(|o| {
+                o.state == "CONFIRMED"
+                    && !payments
+                        .get(&o.order_id)
+                        .is_some_and(|p| p.state == "CAPTURED" && p.refunded_minor == 0)
+            })
+            .map(|o| o.order_id.to_string())
+            .collect(),
+    ));
+    let labels = by_order(&shipping);
+    findings.push(finding(
+        "labels not matching the order (live for a cancelled order, missing for a confirmed one)",
+        false,
+        statuses
+            .values()
+            .filter(|o| {
+                let live = labels
+                    .get(&o.order_id)
+                    .is_some_and(|l| l.state == "CREATED");
+                match o.state.as_str() {
                     "CONFIRMED" => !live,
                     "CANCELLED" | "FAILED" => live,
                     _ => false,
                 }
             })
-            .map(|(id, (status, _))| format!("{id} ({})", status.trim_start_matches("ORDER_STATUS_")))
+            .map(|o| format!("{} ({})", o.order_id, o.state))
             .collect(),
-    });
-
-    let notified: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT order_id, count(*) FROM notifications GROUP BY order_id",
-    )
-    .fetch_all(&notification)
-    .await?
-    .into_iter()
-    .collect();
-    findings.push(Finding {
-        name: "finished orders without exactly one notification",
-        always: false,
-        offenders: statuses
-            .iter()
-            .filter(|(id, (status, settled))| {
-                *settled
-                    && finished(status.trim_start_matches("ORDER_STATUS_"))
-                    && notified.get(id).copied().unwrap_or(0) != 1
-            })
-            .map(|(id, _)| {
+    ));
+    let notified = by_order(&notification);
+    let notifications = |id: &Uuid| notified.get(id).map_or(0, |n| n.count);
+    findings.push(finding(
+        "finished orders without exactly one notification",
+        false,
+        statuses
+            .values()
+            .filter(|o| o.settled && finished(&o.state) && notifications(&o.order_id) != 1)
+            .map(|o| {
                 format!(
-                    "{id} ({} notifications)",
-                    notified.get(id).copied().unwrap_or(0)
+                    "{} ({} notifications)",
+                    o.order_id,
+                    notifications(&o.order_id)
                 )
             })
             .collect(),
-    });
+    ));
 
     let violations: usize = findings.iter().map(|f| f.offenders.len()).sum();
     if args.json {
@@ -268,11 +268,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
             json!({ "orders": statuses.len(), "violations": violations, "invariants": report })
         );
     } else {
-        println!(
-            "checked {} orders in namespace {}",
-            statuses.len(),
-            args.namespace
-        );
+        println!("checked {} orders", statuses.len());
         for f in &findings {
             let mark = if f.offenders.is_empty() {
                 "ok  "
@@ -293,9 +289,4 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
         println!("{violations} violation(s)");
     }
     Ok(violations == 0)
-}
-
-async fn ids(pool: &PgPool, sql: &str) -> anyhow::Result<Vec<String>> {
-    let found: Vec<Uuid> = sqlx::query_scalar(sql).fetch_all(pool).await?;
-    Ok(found.into_iter().map(|id| id.to_string()).collect())
 }

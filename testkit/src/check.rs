@@ -12,6 +12,7 @@ pub fn run(env: &TestEnv, extra: &[(String, String)]) -> (bool, Value) {
     let output = std::process::Command::new(binary("ordermesh"))
         .args(["check", "--settle", "0s", "--json"])
         .envs(env.env())
+        .envs(env.admin_endpoints())
         .envs(extra.iter().cloned())
         .output()
         .expect("run ordermesh check");

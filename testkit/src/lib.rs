@@ -58,6 +58,9 @@ pub fn binary(name: &str) -> PathBuf {
 /// One test's isolated slice of the shared infrastructure.
 pub struct TestEnv {
     pub namespace: String,
+    /// The admin addresses of the processes started for each service, oldest first, where
+    /// `ordermesh check` asks for its side of the invariants.
+    admin: Arc<Mutex<HashMap<ServiceName, Vec<SocketAddr>>>>,
 }
 
 /// A fresh namespace, as [`TestEnv::new`].
@@ -70,7 +73,10 @@ impl Default for TestEnv {
 impl TestEnv {
     pub fn new() -> TestEnv {
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        TestEnv { namespace }
+        TestEnv {
+            namespace,
+            admin: Arc::default(),
+        }
     }
 
     pub fn database_url(&self, service: ServiceName) -> String {
@@ -114,6 +120,31 @@ impl TestEnv {
         env
     }
 
+    /// `ORDERMESH_ADMIN_ENDPOINTS__*` for `ordermesh check`: for each service this test
+    /// started, the admin port of its newest process that still accepts connections (a test
+    /// may have killed a replica or a restart's predecessor).
+    pub fn admin_endpoints(&self) -> Vec<(String, String)> {
+        let admin = self.admin.lock().expect("admin addresses");
+        admin
+            .iter()
+            .filter_map(|(service, addrs)| {
+                let alive = addrs.iter().rev().find(|addr| {
+                    std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
+                });
+                Some((*service, *alive.or(addrs.last())?))
+            })
+            .map(|(service, addr)| {
+                (
+                    format!(
+                        "ORDERMESH_ADMIN_ENDPOINTS__{}",
+                        service.as_str().to_uppercase()
+                    ),
+                    format!("http://{addr}"),
+                )
+            })
+            .collect()
+    }
+
     /// Starts one service and waits until it reports SERVING.
     pub async fn start(&self, service: ServiceName) -> ServiceProcess {
         let process = self.spawn(service, &[]).await;
@@ -139,7 +170,14 @@ impl TestEnv {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        ServiceProcess::start(service, command).await
+        let process = ServiceProcess::start(service, command).await;
+        self.admin
+            .lock()
+            .expect("admin addresses")
+            .entry(service)
+            .or_default()
+            .push(process.admin_addr);
+        process
     }
 }
 

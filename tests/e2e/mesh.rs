@@ -322,6 +322,7 @@ async fn a_rolling_restart_of_every_instance_loses_no_call_and_no_order() {
         let output = std::process::Command::new(binary("ordermesh"))
             .args(["check", "--settle", "0s"])
             .envs(env.env())
+            .envs(env.admin_endpoints())
             .output()
             .expect("run ordermesh check");
         report = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -439,6 +439,7 @@ async fn killing_the_order_service_with_fifty_sagas_in_flight_loses_and_doubles_
     let check = std::process::Command::new(common::binary("ordermesh"))
         .args(["check", "--settle", "0s"])
         .envs(env.env())
+        .envs(env.admin_endpoints())
         .output()
         .expect("run ordermesh check");
     assert!(

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod audit;
 mod consumer;
 mod metrics;
 mod store;
@@ -24,6 +25,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     metrics::init();
     let pool = Ready::default();
     let mut host = Host::bind(settings).await?;
+    host.add_admin_routes(ordermesh::audit::router(pool.clone(), audit::side));
     let max_message = host.settings().server.max_message_bytes;
     host.add_service(
         NotificationServiceServer::new(api::Notifications::new(pool.clone()))

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod audit;
 mod changes;
 pub mod http;
 mod metrics;
@@ -48,6 +49,7 @@ pub(crate) static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> =
     std::sync::LazyLock::new(|| ordermesh::db::rollback_safe(sqlx::migrate!("./migrations")));
 
 /// What handlers need once start-up has connected everything.
+#[derive(Clone)]
 pub(crate) struct Deps {
     pub pool: sqlx::PgPool,
     /// Read-through cache of GetOrder answers.
@@ -163,6 +165,7 @@ pub async fn run(
             .max_decoding_message_size(max_message),
     );
     host.add_http_routes(http::router(api::Orders::new(deps.clone(), max_watch)));
+    host.add_admin_routes(ordermesh::audit::router(deps.clone(), audit::side));
     let settings = host.settings().clone();
     let background = host.background();
     let start = async move {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod audit;
 mod metrics;
 mod processor;
 mod store;
@@ -52,6 +53,7 @@ pub async fn run(
     metrics::init(payment.version);
     let pool = Ready::default();
     let mut host = Host::bind(settings).await?;
+    host.add_admin_routes(ordermesh::audit::router(pool.clone(), audit::side));
     let max_message = host.settings().server.max_message_bytes;
     host.add_service(
         PaymentServiceServer::new(api::Payments::new(pool.clone(), payment.version))

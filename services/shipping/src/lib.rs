@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod audit;
 mod metrics;
 mod store;
 pub mod validate;
@@ -23,6 +24,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     metrics::init();
     let pool = Ready::default();
     let mut host = Host::bind(settings).await?;
+    host.add_admin_routes(ordermesh::audit::router(pool.clone(), audit::side));
     let max_message = host.settings().server.max_message_bytes;
     host.add_service(
         ShippingServiceServer::new(api::Shipping::new(pool.clone()))

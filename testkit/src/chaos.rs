@@ -671,7 +671,7 @@ impl Throughput {
                 if let Ok(n) = finished {
                     samples.push((Instant::now(), n));
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(SAMPLE_EVERY).await;
             }
             samples
         });
@@ -705,14 +705,18 @@ impl Dip {
         (self.finished_at(from + window) - self.finished_at(from)) as f64 / window.as_secs_f64()
     }
 
-    /// The longest time from `from` on in which no order finished, up to the last completion.
-    pub fn longest_stall(&self, from: Instant) -> Duration {
+    /// The longest time from `from` on in which no order finished, up to the last completion,
+    /// and the sample at which it ended (orders finished again; `from` if none ever did).
+    pub fn longest_stall(&self, from: Instant) -> (Duration, Instant) {
         let mut last_progress = from;
         let mut previous = self.finished_at(from);
-        let mut longest = Duration::ZERO;
+        let mut longest = (Duration::ZERO, from);
         for (t, n) in self.samples.iter().filter(|(t, _)| *t > from) {
             if *n > previous {
-                longest = longest.max(t.duration_since(last_progress));
+                let gap = t.duration_since(last_progress);
+                if gap > longest.0 {
+                    longest = (gap, *t);
+                }
                 last_progress = *t;
                 previous = *n;
             }
@@ -720,6 +724,9 @@ impl Dip {
         longest
     }
 }
+
+/// How often [`Throughput`] reads the finished count.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 // --- recovery and the verdict -----------------------------------------------------------------
 

@@ -238,8 +238,11 @@ async fn the_nats_server_leading_the_run_stream_of_a_three_node_cluster_killed_l
     let killed_at = killed_at.expect("the fault ran");
     let window = Duration::from_secs(3);
     let before = dip.rate(killed_at - window, window);
-    let stall = dip.longest_stall(killed_at);
-    let after = dip.rate(killed_at + stall, window);
+    let (stall, resumed) = dip.longest_stall(killed_at);
+    // From the sample before the one that ended the stall: what finished as the new leader
+    // took over counts (the window used to start at kill + stall, which is not where the
+    // longest stall ends when it began later, and could fall after the last completion).
+    let after = dip.rate(resumed - common::chaos::SAMPLE_EVERY, window);
     println!(
         "nats cluster leader kill: {before:.1} orders finished/s in the {window:?} before; \
          none finished for {stall:.1?}; {after:.1}/s in the {window:?} after (offered {RATE}/s)"

@@ -512,9 +512,13 @@ pub trait Section: Serialize + DeserializeOwned + Default + schemars::JsonSchema
         format!("ORDERMESH_{}__", Self::NAME.to_uppercase())
     }
 
-    /// Every environment variable the section is read from (see [`variables`]).
+    /// Every environment variable the section is read from: the variables of its
+    /// [`Section::reference`] rows.
     fn variables() -> std::collections::BTreeSet<String> {
-        variables(&Self::prefix(), &Self::default())
+        Self::reference()
+            .into_iter()
+            .map(|row| row.variable)
+            .collect()
     }
 
     /// The section's rows of docs/configuration.md (see [`crate::config_reference`]).
@@ -546,35 +550,6 @@ impl Section for NoSection {
     }
 }
 
-/// The environment variables a settings value is read from: `prefix` + its field path in upper
-/// case joined by `__` (`ORDERMESH_` + `database.max_connections` →
-/// `ORDERMESH_DATABASE__MAX_CONNECTIONS`). Lets manifests be checked against what is really read.
-pub fn variables(prefix: &str, defaults: &impl Serialize) -> std::collections::BTreeSet<String> {
-    fn walk(path: String, value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
-        match value {
-            serde_json::Value::Object(fields) => {
-                for (key, value) in fields {
-                    let key = key.to_uppercase();
-                    let next = if path.is_empty() {
-                        key
-                    } else {
-                        format!("{path}__{key}")
-                    };
-                    walk(next, value, out);
-                }
-            }
-            _ => {
-                out.insert(path);
-            }
-        }
-    }
-    let mut out = std::collections::BTreeSet::new();
-    if let Ok(value) = serde_json::to_value(defaults) {
-        walk(String::new(), &value, &mut out);
-    }
-    out.into_iter().map(|v| format!("{prefix}{v}")).collect()
-}
-
 impl Settings {
     /// The platform's rows of docs/configuration.md (see [`crate::config_reference`]), with
     /// each service's default where they differ (the listen addresses).
@@ -585,12 +560,13 @@ impl Settings {
         crate::config_reference::rows("ORDERMESH_", &defaults, &["service"])
     }
 
-    /// Every `ORDERMESH_*` variable the platform settings read (service sections not included).
+    /// Every `ORDERMESH_*` variable the platform settings read (service sections not
+    /// included): the rows of [`Settings::reference`] and the secret-file variables. Lets
+    /// manifests be checked against what is really read.
     pub fn variables() -> std::collections::BTreeSet<String> {
-        let mut all = variables("ORDERMESH_", &Settings::defaults(ServiceName::Order));
-        all.remove("ORDERMESH_SERVICE");
-        all.extend(SECRET_FILE_VARIABLES.iter().map(|v| v.to_string()));
-        all
+        let rows = Settings::reference().into_iter().map(|row| row.variable);
+        let files = SECRET_FILE_VARIABLES.iter().map(|v| v.to_string());
+        rows.chain(files).collect()
     }
 }
 

@@ -36,10 +36,20 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// An invariant one transaction keeps: it holds at every instant (the `always` field).
     pub fn always(name: &str, offenders: Vec<String>) -> Finding {
+        Finding::new(name, true, offenders)
+    }
+
+    /// An invariant across databases that move one after another: it may lag for a moment.
+    pub fn lagging(name: &str, offenders: Vec<String>) -> Finding {
+        Finding::new(name, false, offenders)
+    }
+
+    fn new(name: &str, always: bool, offenders: Vec<String>) -> Finding {
         Finding {
             name: name.to_string(),
-            always: true,
+            always,
             offenders,
         }
     }

@@ -135,14 +135,6 @@ fn by_order(side: &Side) -> HashMap<Uuid, &OrderSide> {
     orders
 }
 
-fn finding(name: &str, always: bool, offenders: Vec<String>) -> Finding {
-    Finding {
-        name: name.to_string(),
-        always,
-        offenders,
-    }
-}
-
 pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let (order, inventory, payment, shipping, notification) = tokio::try_join!(
         side(&args, ServiceName::Order),
@@ -155,9 +147,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     let status_of = |id: &Uuid| statuses.get(id).map_or("UNKNOWN", |o| o.state.as_str());
     let finished = |s: &str| matches!(s, "CONFIRMED" | "CANCELLED" | "FAILED");
 
-    let mut findings = vec![finding(
+    let mut findings = vec![Finding::lagging(
         "orders not terminal after the settle time",
-        false,
         statuses
             .values()
             .filter(|o| o.settled && !finished(&o.state))
@@ -167,9 +158,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     for side in [&order, &inventory, &payment, &shipping, &notification] {
         findings.extend(side.findings.iter().cloned());
     }
-    findings.push(finding(
+    findings.push(Finding::lagging(
         "stock held or shipped for an order that did not confirm",
-        false,
         inventory
             .orders
             .iter()
@@ -188,9 +178,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
             .collect(),
     ));
     let payments = by_order(&payment);
-    findings.push(finding(
+    findings.push(Finding::lagging(
         "cancelled orders charged but not refunded exactly",
-        false,
         payments
             .values()
             .filter(|p| {
@@ -206,9 +195,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
             })
             .collect(),
     ));
-    findings.push(finding(
+    findings.push(Finding::lagging(
         "confirmed orders without a standing charge",
-        false,
         statuses
             .values()
             .filter(|o| {
@@ -221,9 +209,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
             .collect(),
     ));
     let labels = by_order(&shipping);
-    findings.push(finding(
+    findings.push(Finding::lagging(
         "labels not matching the order (live for a cancelled order, missing for a confirmed one)",
-        false,
         statuses
             .values()
             .filter(|o| {
@@ -241,9 +228,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
     ));
     let notified = by_order(&notification);
     let notifications = |id: &Uuid| notified.get(id).map_or(0, |n| n.count);
-    findings.push(finding(
+    findings.push(Finding::lagging(
         "finished orders without exactly one notification",
-        false,
         statuses
             .values()
             .filter(|o| o.settled && finished(&o.state) && notifications(&o.order_id) != 1)

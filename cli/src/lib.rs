@@ -75,6 +75,10 @@ pub struct Endpoints {
     /// Inventory service gRPC endpoint.
     #[arg(long, env = "ORDERMESH_ENDPOINTS__INVENTORY", default_value_t = local(ServiceName::Inventory))]
     inventory_endpoint: String,
+    /// Deadline of each call (the services' own default): a burst that queues at the order
+    /// service may need longer.
+    #[arg(long, default_value = "5s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    call_timeout: std::time::Duration,
 }
 
 /// The mesh's NATS, for commands that read its streams or subjects. Defaults match `ordermesh up`.
@@ -93,12 +97,12 @@ type Traced =
 
 impl Endpoints {
     fn order(&self) -> anyhow::Result<OrderServiceClient<Traced>> {
-        let (channel, propagate) = connect(&self.order_endpoint)?;
+        let (channel, propagate) = connect(&self.order_endpoint, self.call_timeout)?;
         Ok(OrderServiceClient::with_interceptor(channel, propagate))
     }
 
     fn inventory(&self) -> anyhow::Result<InventoryServiceClient<Traced>> {
-        let (channel, propagate) = connect(&self.inventory_endpoint)?;
+        let (channel, propagate) = connect(&self.inventory_endpoint, self.call_timeout)?;
         Ok(InventoryServiceClient::with_interceptor(channel, propagate))
     }
 }
@@ -124,8 +128,12 @@ fn run_order_binary(command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn connect(url: &str) -> anyhow::Result<(tonic::transport::Channel, client::Propagate)> {
-    let settings = Settings::defaults(ServiceName::Order).client;
+fn connect(
+    url: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(tonic::transport::Channel, client::Propagate)> {
+    let mut settings = Settings::defaults(ServiceName::Order).client;
+    settings.timeout = timeout;
     Ok((
         client::channel(url, &settings)?,
         client::Propagate::new(settings.timeout),

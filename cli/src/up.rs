@@ -272,6 +272,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let endpoints = Endpoints {
             order_endpoint: env["ORDERMESH_ENDPOINTS__ORDER"].clone(),
             inventory_endpoint: env["ORDERMESH_ENDPOINTS__INVENTORY"].clone(),
+            call_timeout: ordermesh::config::Settings::defaults(ServiceName::Order)
+                .client
+                .timeout,
         };
         if let Err(error) = demo(&endpoints).await {
             eprintln!("demo failed: {error:#}");

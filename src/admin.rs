@@ -8,8 +8,9 @@ use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tokio::sync::watch;
 
 /// Routes of the admin port; `ready` mirrors the gRPC health status; `service` adds the
-/// service's own (see [`crate::server::Host::add_admin_routes`]).
-pub fn router(ready: watch::Receiver<bool>, service: Router) -> Router {
+/// service's own (see [`crate::server::Host::add_admin_routes`]), answered within a request
+/// timeout; `streams` are its long-lived responses (server-sent events), which end themselves.
+pub fn router(ready: watch::Receiver<bool>, service: Router, streams: Router) -> Router {
     Router::new()
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(readiness))
@@ -21,6 +22,7 @@ pub fn router(ready: watch::Receiver<bool>, service: Router) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(10),
         ))
+        .merge(streams)
 }
 
 async fn readiness(State(ready): State<watch::Receiver<bool>>) -> (StatusCode, &'static str) {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod config_reference;
 pub mod context;
 pub mod db;
+pub mod display;
 pub mod domain;
 pub mod error;
 pub mod events;

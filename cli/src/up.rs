@@ -244,6 +244,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             r.label, r.grpc, r.admin
         );
     }
+    // The order service's saga explorer (its admin port: internal, like /metrics).
+    let explorer = running
+        .iter()
+        .find(|r| r.service == ServiceName::Order)
+        .map(|r| format!("http://{}/ui", r.admin));
+    if let Some(url) = &explorer {
+        println!(
+            "  {:<13} {url}  (orders, sagas, what needs attention)",
+            "explorer"
+        );
+    }
     let _prometheus = if args.prometheus {
         match start_prometheus(&args, &running) {
             Ok(child) => {
@@ -276,7 +287,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .client
                 .timeout,
         };
-        if let Err(error) = demo(&endpoints).await {
+        if let Err(error) = demo(&endpoints, explorer.as_deref()).await {
             eprintln!("demo failed: {error:#}");
         }
     }
@@ -406,7 +417,7 @@ async fn stop_all(running: &mut Vec<Running>) {
 }
 
 /// Seeds stock and places one order: a laptop and two mice.
-async fn demo(endpoints: &Endpoints) -> anyhow::Result<()> {
+async fn demo(endpoints: &Endpoints, explorer: Option<&str>) -> anyhow::Result<()> {
     let mut inventory = endpoints.inventory()?;
     for (sku, name, stock) in [
         ("LAPTOP", "Laptop 15\"", 100),
@@ -484,5 +495,11 @@ async fn demo(endpoints: &Endpoints) -> anyhow::Result<()> {
         .context("reading the demo saga")?
         .into_inner();
     super::saga::print_timeline(&timeline);
+    if let (Some(url), Some(order)) = (explorer, &timeline.order) {
+        println!(
+            "demo: see it in the explorer: {url}/orders/{}",
+            order.order_id
+        );
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! log line). Everything a test started is killed, and its databases and streams dropped, when
 //! the test ends, also when it panics. `TEST_LOG=1` echoes service logs.
 
+pub mod browser;
 pub mod chaos;
 pub mod check;
 pub mod saga;

@@ -87,6 +87,27 @@ fn up_starts_the_mesh_places_a_demo_order_and_stops_cleanly_on_ctrl_c() {
     wait_for(&mut seen, "demo: placed order");
     wait_for(&mut seen, "demo: order is CONFIRMED");
     wait_for(&mut seen, "confirm-order");
+    // The explorer's address is printed, and the demo order's page is there, CONFIRMED.
+    let explorer = format!("http://127.0.0.1:{admin}/ui");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("explorer") && l.contains(&explorer)),
+        "{}",
+        seen.join("\n")
+    );
+    wait_for(&mut seen, "demo: see it in the explorer");
+    let page = seen
+        .iter()
+        .find_map(|l| l.split("demo: see it in the explorer: ").nth(1))
+        .expect("the demo order's page")
+        .trim()
+        .to_string();
+    assert!(page.starts_with(&explorer), "{page}");
+    let mut response = ureq::get(&page)
+        .call()
+        .expect("the demo order's explorer page");
+    let body = response.body_mut().read_to_string().expect("page body");
+    assert!(body.contains(">CONFIRMED<"), "{body}");
     assert!(
         seen.iter().any(|l| l.starts_with("confirmation ORD-")),
         "the timeline shows the confirmed order"

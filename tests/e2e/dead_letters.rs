@@ -99,9 +99,29 @@ async fn a_dead_lettered_step_parks_its_saga_until_redrive_completes_it_once() {
     let mut inventory =
         InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
     stock(&mut inventory, "MOUSE", 5).await;
+    // The explorer's Attention page names the parked saga and the exact command that resumes
+    // it: run that command as shown (twice: the second finds nothing).
     let seq = saga_letter.split_whitespace().next().expect("sequence");
-    assert!(ordermesh(&env, &["dlq", "redrive", seq]).contains("redriven"));
-    assert!(ordermesh(&env, &["dlq", "redrive", seq]).contains("not in the dead-letter stream"));
+    let admin = mesh.get(ServiceName::Order).admin_addr;
+    let (_, attention) = common::http_get(admin, "/ui/attention")
+        .await
+        .expect("attention page");
+    let row = attention
+        .split("<tr ")
+        .find(|r| r.contains(&format!("id=\"stuck-{}\"", created.order_id)))
+        .unwrap_or_else(|| panic!("the parked saga is in Attention: {attention}"));
+    let command = row
+        .split("data-copy=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a redrive command to copy");
+    assert_eq!(
+        command,
+        format!("ordermesh dlq redrive --namespace {} {seq}", env.namespace)
+    );
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    assert!(ordermesh(&env, &args).contains("redriven"));
+    assert!(ordermesh(&env, &args).contains("not in the dead-letter stream"));
 
     let (_, done) = watch_to_end(&mut orders, &created.order_id, Duration::from_secs(60)).await;
     assert_eq!(

@@ -14,6 +14,7 @@ mod contracts;
 mod dead_letters;
 mod docs;
 mod exactly_once;
+mod explorer;
 mod fuzz_corpus;
 mod grpcurl;
 mod http;

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use ordermesh::Error;
 use ordermesh::proto::order::Order;
 use prost::Message;
-use tokio::sync::{OnceCell, broadcast};
+use tokio::sync::{OnceCell, broadcast, watch};
 use uuid::Uuid;
 
 /// Signals a watch may fall behind by before it re-reads the order instead.
@@ -37,6 +37,8 @@ pub struct Changes {
     client: async_nats::Client,
     namespace: String,
     watchers: Watchers,
+    /// Counts every signal seen: what a page of many orders (the explorer's list) waits on.
+    any: Arc<watch::Sender<u64>>,
     /// Set once the wildcard subscription is taken and its dispatcher runs.
     listening: Arc<OnceCell<()>>,
 }
@@ -47,6 +49,7 @@ impl Changes {
             client,
             namespace: namespace.to_string(),
             watchers: Watchers::default(),
+            any: Arc::new(watch::Sender::new(0)),
             listening: Arc::new(OnceCell::new()),
         }
     }
@@ -73,12 +76,7 @@ impl Changes {
     /// the read and the watch is missed).
     #[tracing::instrument(level = "debug", skip_all, fields(%order_id))]
     pub async fn subscribe(&self, order_id: Uuid) -> Result<Watch, Error> {
-        self.listening
-            .get_or_try_init(|| self.listen())
-            .await
-            .map_err(|_| {
-                Error::Unavailable("cannot watch orders right now: NATS unavailable".into())
-            })?;
+        self.listen_once().await?;
         let receiver = self
             .watchers
             .lock()
@@ -93,6 +91,23 @@ impl Changes {
         })
     }
 
+    /// A receiver that sees the signal count move whenever any order changed (anywhere in the
+    /// mesh: every instance announces its own changes).
+    pub async fn any(&self) -> Result<watch::Receiver<u64>, Error> {
+        self.listen_once().await?;
+        Ok(self.any.subscribe())
+    }
+
+    async fn listen_once(&self) -> Result<(), Error> {
+        self.listening
+            .get_or_try_init(|| self.listen())
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                Error::Unavailable("cannot watch orders right now: NATS unavailable".into())
+            })
+    }
+
     /// Subscribes to every order's signals and dispatches them to this instance's watches
     /// until the connection is closed for good.
     async fn listen(&self) -> Result<(), async_nats::SubscribeError> {
@@ -101,8 +116,10 @@ impl Changes {
             .subscribe(format!("{}.order.changed.*", self.namespace))
             .await?;
         let watchers = self.watchers.clone();
+        let any = self.any.clone();
         tokio::spawn(async move {
             while let Some(signal) = signals.next().await {
+                any.send_modify(|seen| *seen = seen.wrapping_add(1));
                 let Some(order_id) = signal
                     .subject
                     .rsplit('.')

@@ -6,6 +6,7 @@
 mod api;
 mod audit;
 mod changes;
+mod explorer;
 pub mod http;
 mod metrics;
 pub mod model;
@@ -55,6 +56,8 @@ pub(crate) struct Deps {
     /// Read-through cache of GetOrder answers.
     pub cache: ordermesh::cache::Cache,
     pub journal: Journal,
+    /// The saga's streams, for the explorer's dead-letter lookups.
+    pub jetstream: async_nats::jetstream::Context,
 }
 
 /// `ORDERMESH_SAGA__*` settings.
@@ -166,8 +169,15 @@ pub async fn run(
     );
     host.add_http_routes(http::router(api::Orders::new(deps.clone(), max_watch)));
     host.add_admin_routes(ordermesh::audit::router(deps.clone(), audit::side));
-    let settings = host.settings().clone();
     let background = host.background();
+    let (pages, streams) = explorer::routes(explorer::Explorer::new(
+        deps.clone(),
+        &host.settings().namespace,
+        background.token(),
+        max_watch,
+    ));
+    host.add_admin_routes(pages).add_admin_streams(streams);
+    let settings = host.settings().clone();
     let start = async move {
         let pool = ordermesh::startup::database(&settings, &MIGRATOR).await?;
         let nats = ordermesh::startup::nats(&settings).await?;
@@ -267,6 +277,7 @@ pub async fn run(
             pool,
             cache,
             journal,
+            jetstream: nats.jetstream.clone(),
         });
         Ok(())
     };

@@ -498,7 +498,7 @@ fn dead_letter(
     );
     Ok(Message {
         msg_id: Uuid::now_v7(),
-        subject: journal.names.dead_letter_subject("saga"),
+        subject: journal.names.dead_letter_subject(seen.saga.order_id),
         payload: serde_json::to_vec(&ticket)?,
         headers,
     })

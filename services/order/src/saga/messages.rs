@@ -39,8 +39,15 @@ impl Names {
         format!("{}.saga.run", self.namespace)
     }
 
-    pub fn dead_letter_subject(&self, kind: &str) -> String {
-        format!("{}.dlq.{kind}", self.namespace)
+    /// Where a message nobody could read goes (no order to file it under).
+    pub fn undecodable_subject(&self) -> String {
+        format!("{}.dlq.saga", self.namespace)
+    }
+
+    /// Where the dead letter of `order_id`'s saga goes: one subject per order, so the explorer
+    /// finds an order's dead letter with one lookup (the last message on it) instead of a scan.
+    pub fn dead_letter_subject(&self, order_id: Uuid) -> String {
+        format!("{}.dlq.saga.{order_id}", self.namespace)
     }
 
     pub fn dead_letter_stream(&self) -> String {

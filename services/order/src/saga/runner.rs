@@ -271,7 +271,7 @@ impl Runner {
         );
         let letter = Message {
             msg_id: Uuid::now_v7(),
-            subject: self.journal.names.dead_letter_subject("saga"),
+            subject: self.journal.names.undecodable_subject(),
             payload: message.payload.to_vec(),
             headers,
         };

@@ -1,0 +1,176 @@
+//! The explorer's live streams (server-sent events). Each sends HTML fragments rendered by the
+//! same functions as the page, as events named after the element they replace (`order`,
+//! `counts`, `orders`), and `end` when nothing more will change; the page's script swaps them
+//! in. They wake on the change signals WatchOrder uses and re-read on a timer as well (signals
+//! are best-effort), and end at shutdown or after the explorer's stream limit (the browser's
+//! EventSource then reconnects on its own).
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    extract::{Path, Query, State, rejection::QueryRejection},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+use super::{Explorer, Filter, ListParams, Problem, page, query};
+use crate::Deps;
+
+/// The `end` event's data: an event without data is never dispatched (the SSE specification).
+const END: &str = "final";
+
+/// Re-read this often even without a signal.
+const FALLBACK: Duration = Duration::from_secs(2);
+
+/// A list re-renders at most this often, however fast orders change (at 500 orders/s a list
+/// that followed every signal would be a query storm and an unreadable page).
+const LIST_EVERY: Duration = Duration::from_secs(1);
+
+/// A live stream's response.
+type Events = Response;
+
+/// Runs `feed` for one stream until it returns, the browser leaves, the service shuts down or
+/// the stream's time is up.
+fn stream<F, Fut>(explorer: &Explorer, feed: F) -> Events
+where
+    F: FnOnce(Sender) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
+    let shutdown = explorer.shutdown.clone();
+    let limit = explorer.max_stream;
+    tokio::spawn(async move {
+        let closed = tx.clone();
+        tokio::select! {
+            _ = feed(Sender(tx)) => {}
+            _ = closed.closed() => {}
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(limit) => {}
+        }
+    });
+    Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Where a feed sends its events; sending fails once the browser left.
+struct Sender(mpsc::Sender<Result<Event, Infallible>>);
+
+impl Sender {
+    async fn send(&self, name: &str, html: String) -> Result<(), ()> {
+        self.0
+            .send(Ok(Event::default().event(name).data(html)))
+            .await
+            .map_err(|_| ())
+    }
+}
+
+/// `/ui/live/orders/{id}`: the order page's body after every change, until the saga is final.
+pub async fn order(
+    State(explorer): State<Explorer>,
+    Path(raw): Path<String>,
+) -> Result<Events, Problem> {
+    let order_id = super::order_id(&raw)?;
+    let deps = explorer.deps.get()?.clone();
+    // Subscribe before the first read, so a change between the two is not missed.
+    let signals = deps.journal.changes.subscribe(order_id).await?;
+    let namespace = explorer.namespace.clone();
+    Ok(stream(&explorer, move |tx| {
+        follow_order(deps, order_id, signals, namespace, tx)
+    }))
+}
+
+async fn follow_order(
+    deps: Deps,
+    order_id: Uuid,
+    mut signals: crate::changes::Watch,
+    namespace: String,
+    tx: Sender,
+) {
+    let mut shown = None;
+    loop {
+        match query::order(&deps, order_id).await {
+            Ok(Some(detail)) => {
+                if shown != Some(detail.version()) {
+                    shown = Some(detail.version());
+                    let html = page::order(&detail, &namespace, chrono::Utc::now()).into_string();
+                    if tx.send("order", html).await.is_err() {
+                        return;
+                    }
+                }
+                if detail.settled() {
+                    let _ = tx.send("end", END.into()).await;
+                    return;
+                }
+            }
+            Ok(None) => {
+                let _ = tx.send("end", END.into()).await;
+                return;
+            }
+            Err(error) => tracing::debug!(%error, %order_id, "explorer: order not read; retrying"),
+        }
+        tokio::select! {
+            _ = signals.next() => {}
+            _ = tokio::time::sleep(FALLBACK) => {}
+        }
+    }
+}
+
+/// `/ui/live/orders?…`: the counts, and on the first page the newest orders of the filter,
+/// whenever orders change (at most once per [`LIST_EVERY`]).
+pub async fn orders(
+    State(explorer): State<Explorer>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Events, Problem> {
+    let Query(params) = params.map_err(|r| super::bad("query", r.body_text()))?;
+    let (filter, request) = Filter::parse(params)?;
+    let deps = explorer.deps.get()?.clone();
+    let changes = deps.journal.changes.any().await?;
+    let counts = explorer.counts.clone();
+    Ok(stream(&explorer, move |tx| async move {
+        follow_orders(deps, counts, filter, request, changes, tx).await
+    }))
+}
+
+async fn follow_orders(
+    deps: Deps,
+    counts: query::CountsCache,
+    filter: Filter,
+    request: ordermesh::proto::order::ListOrdersRequest,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    tx: Sender,
+) {
+    let (mut shown_counts, mut shown_orders) = (String::new(), String::new());
+    loop {
+        if let Ok(now) = counts.get(&deps.pool).await {
+            let html = page::counts_bar(&filter, &now).into_string();
+            if html != shown_counts {
+                if tx.send("counts", html.clone()).await.is_err() {
+                    return;
+                }
+                shown_counts = html;
+            }
+        }
+        if filter.before.is_none()
+            && let Ok((orders, _)) = query::orders(&deps.pool, &request).await
+        {
+            let html = page::order_table(&orders).into_string();
+            if html != shown_orders {
+                if tx.send("orders", html.clone()).await.is_err() {
+                    return;
+                }
+                shown_orders = html;
+            }
+        }
+        tokio::time::sleep(LIST_EVERY).await;
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(FALLBACK) => {}
+        }
+    }
+}

@@ -134,24 +134,25 @@ async fn the_explorer_follows_orders_live_in_a_real_browser() {
         1
     );
 
-    // Shipping hangs: the order waits at create-shipping-label, retrying, and Attention says so.
+    // Shipping hangs: the order waits at create-shipping-label, retrying, and the open
+    // Attention page shows it without a reload.
+    browser.goto(&ui(admin, "/ui/attention")).await;
+    browser
+        .wait_text("#connection", PATIENCE, |t| t == "live")
+        .await;
+    assert_eq!(
+        browser.text("#attention .empty").await.as_deref(),
+        Some("Nothing needs attention.")
+    );
+    browser.mark_document().await;
     let shipping = mesh.get(ServiceName::Shipping);
     shipping.signal(Signal::SIGSTOP);
     let hung = place(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa").await;
-    wait_for(&mut orders, &hung.order_id, OrderStatus::PaymentProcessed).await;
     let row = format!("#stuck-{}", hung.order_id);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        browser.goto(&ui(admin, "/ui/attention")).await;
-        if browser.count(&row).await == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the hung order never showed in Attention"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    browser
+        .wait_text(&format!("{row} .badge"), PATIENCE, |t| t == "retrying")
+        .await;
+    assert!(browser.same_document().await, "Attention updated in place");
     assert_eq!(
         browser
             .text(&format!("{row} td:nth-child(4)"))
@@ -327,6 +328,11 @@ async fn explorer_pages_answer_bad_addresses_with_400_or_404_and_bound_every_lis
             "/ui/live/orders/not-an-id".into(),
             400,
             "must be an order id",
+        ),
+        (
+            "/ui/live/attention?after=nope".into(),
+            400,
+            "previous Attention page",
         ),
     ] {
         let (code, body) = get(path.clone()).await;

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use super::{Explorer, Filter, ListParams, Problem, page, query};
+use super::{AttentionParams, Explorer, Filter, ListParams, Problem, page, query};
 use crate::Deps;
 
 /// The `end` event's data: an event without data is never dispatched (the SSE specification).
@@ -31,20 +31,30 @@ const FALLBACK: Duration = Duration::from_secs(2);
 /// that followed every signal would be a query storm and an unreadable page).
 const LIST_EVERY: Duration = Duration::from_secs(1);
 
+/// Live streams one instance keeps open at once; more are refused (503) rather than letting
+/// browser tabs pile up tasks and queries.
+pub const MAX_STREAMS: usize = 256;
+
 /// A live stream's response.
 type Events = Response;
 
 /// Runs `feed` for one stream until it returns, the browser leaves, the service shuts down or
-/// the stream's time is up.
-fn stream<F, Fut>(explorer: &Explorer, feed: F) -> Events
+/// the stream's time is up. Refused when [`MAX_STREAMS`] are open.
+fn stream<F, Fut>(explorer: &Explorer, feed: F) -> Result<Events, Problem>
 where
     F: FnOnce(Sender) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let permit = explorer.streams.clone().try_acquire_owned().map_err(|_| {
+        Problem::Unavailable(format!(
+            "{MAX_STREAMS} live pages are open on this instance already"
+        ))
+    })?;
     let (tx, rx) = mpsc::channel(4);
     let shutdown = explorer.shutdown.clone();
     let limit = explorer.max_stream;
     tokio::spawn(async move {
+        let _permit = permit;
         let closed = tx.clone();
         tokio::select! {
             _ = feed(Sender(tx)) => {}
@@ -53,9 +63,9 @@ where
             _ = tokio::time::sleep(limit) => {}
         }
     });
-    Sse::new(ReceiverStream::new(rx))
+    Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
 }
 
 /// Where a feed sends its events; sending fails once the browser left.
@@ -80,9 +90,9 @@ pub async fn order(
     // Subscribe before the first read, so a change between the two is not missed.
     let signals = deps.journal.changes.subscribe(order_id).await?;
     let namespace = explorer.namespace.clone();
-    Ok(stream(&explorer, move |tx| {
+    stream(&explorer, move |tx| {
         follow_order(deps, order_id, signals, namespace, tx)
-    }))
+    })
 }
 
 async fn follow_order(
@@ -132,9 +142,9 @@ pub async fn orders(
     let deps = explorer.deps.get()?.clone();
     let changes = deps.journal.changes.any().await?;
     let counts = explorer.counts.clone();
-    Ok(stream(&explorer, move |tx| async move {
+    stream(&explorer, move |tx| async move {
         follow_orders(deps, counts, filter, request, changes, tx).await
-    }))
+    })
 }
 
 async fn follow_orders(
@@ -173,4 +183,34 @@ async fn follow_orders(
             _ = tokio::time::sleep(FALLBACK) => {}
         }
     }
+}
+
+/// Attention is re-read this often while a page shows it: what lands there (a retry, a
+/// deadline passing) is not always an order change that would signal.
+const ATTENTION_EVERY: Duration = Duration::from_secs(3);
+
+/// `/ui/live/attention?after=…`: the Attention table, re-read every [`ATTENTION_EVERY`].
+pub async fn attention(
+    State(explorer): State<Explorer>,
+    params: Result<Query<AttentionParams>, QueryRejection>,
+) -> Result<Events, Problem> {
+    let after = AttentionParams::parse(params)?;
+    let deps = explorer.deps.get()?.clone();
+    let namespace = explorer.namespace.clone();
+    stream(&explorer, move |tx| async move {
+        let mut shown = String::new();
+        loop {
+            if let Ok(stuck) = query::attention(&deps, after).await {
+                let html = page::attention_table(&stuck, after, &namespace, chrono::Utc::now())
+                    .into_string();
+                if html != shown {
+                    if tx.send("attention", html.clone()).await.is_err() {
+                        return;
+                    }
+                    shown = html;
+                }
+            }
+            tokio::time::sleep(ATTENTION_EVERY).await;
+        }
+    })
 }

@@ -5,15 +5,15 @@
 //! ingress Gateway. Everything is compiled into the binary; nothing is fetched at run time.
 //!
 //! Routes (see [`routes`]): `/ui` (orders), `/ui/orders/{id}`, `/ui/attention`, and the
-//! server-sent event streams `/ui/live/orders` and `/ui/live/orders/{id}` that keep the first
-//! two current, fed by the same change signals as WatchOrder.
+//! server-sent event streams under `/ui/live/` that keep each of them current (the first two
+//! fed by the same change signals as WatchOrder, Attention re-read every few seconds).
 
 mod diagram;
 mod live;
 mod page;
 mod query;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -32,6 +32,7 @@ use ordermesh::{
     validation::field_violations,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -48,6 +49,8 @@ pub struct Explorer {
     shutdown: CancellationToken,
     /// How long one live stream may stay open; the browser reconnects after it.
     max_stream: Duration,
+    /// Permits for open live streams ([`live::MAX_STREAMS`]).
+    streams: Arc<Semaphore>,
 }
 
 impl Explorer {
@@ -63,6 +66,7 @@ impl Explorer {
             namespace: namespace.to_string(),
             shutdown,
             max_stream,
+            streams: Arc::new(Semaphore::new(live::MAX_STREAMS)),
         }
     }
 }
@@ -82,6 +86,7 @@ pub fn routes(explorer: Explorer) -> (Router, Router) {
     let streams = Router::new()
         .route("/ui/live/orders", get(live::orders))
         .route("/ui/live/orders/{order_id}", get(live::order))
+        .route("/ui/live/attention", get(live::attention))
         .with_state(explorer);
     let secure = axum::middleware::map_response(security_headers);
     (pages.layer(secure.clone()), streams.layer(secure))
@@ -377,34 +382,48 @@ async fn order_page(
     ))
 }
 
+/// The Attention list's query string: `after`, the last order id of the previous page.
 #[derive(Debug, Default, Deserialize)]
-struct AttentionParams {
+pub struct AttentionParams {
     after: Option<String>,
+}
+
+impl AttentionParams {
+    pub fn parse(
+        params: Result<Query<AttentionParams>, QueryRejection>,
+    ) -> Result<Option<Uuid>, Problem> {
+        let Query(params) = params.map_err(|r| bad("query", r.body_text()))?;
+        match params.after.filter(|a| !a.is_empty()) {
+            None => Ok(None),
+            Some(raw) => Uuid::parse_str(&raw).map(Some).map_err(|_| {
+                bad(
+                    "after",
+                    "must be an order id from the previous Attention page",
+                )
+            }),
+        }
+    }
+
+    /// The stream that keeps the page after `after` current.
+    fn live_href(after: Option<Uuid>) -> String {
+        match after {
+            Some(after) => format!("/ui/live/attention?after={after}"),
+            None => "/ui/live/attention".to_string(),
+        }
+    }
 }
 
 async fn attention_page(
     State(explorer): State<Explorer>,
     params: Result<Query<AttentionParams>, QueryRejection>,
 ) -> Result<Markup, Problem> {
-    let Query(params) = params.map_err(|r| bad("query", r.body_text()))?;
-    let after = match params.after.filter(|a| !a.is_empty()) {
-        None => None,
-        Some(raw) => Some(Uuid::parse_str(&raw).map_err(|_| {
-            bad(
-                "after",
-                "must be an order id from the previous Attention page",
-            )
-        })?),
-    };
+    let after = AttentionParams::parse(params)?;
     let deps = explorer.deps.get()?;
     let stuck = query::attention(deps, after).await?;
-    let next = (stuck.len() == query::ATTENTION_PAGE as usize)
-        .then(|| stuck.last().map(|s| s.order_id))
-        .flatten();
     Ok(page::layout(
         "Attention",
-        None,
-        page::attention(&stuck, after, next, &explorer.namespace, chrono::Utc::now()),
+        Some(&AttentionParams::live_href(after)),
+        page::attention(&stuck, after, &explorer.namespace, chrono::Utc::now()),
     ))
 }
 

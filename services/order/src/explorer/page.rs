@@ -14,12 +14,12 @@ use uuid::Uuid;
 use super::{
     Filter,
     diagram::{self, Path},
-    query::{Concern, Counts, DeadLetter, OrderDetail, Stuck},
+    query::{ATTENTION_PAGE, Concern, Counts, DeadLetter, OrderDetail, Stuck},
 };
 
-/// Every order status a filter may name, in the enum's order.
+/// Every order status a filter may name, in the enum's order (the values are dense from 1).
 pub fn statuses() -> impl Iterator<Item = OrderStatus> {
-    (1..=7).filter_map(|n| OrderStatus::try_from(n).ok())
+    (1..).map_while(|n| OrderStatus::try_from(n).ok())
 }
 
 pub fn status_name(status: OrderStatus) -> &'static str {
@@ -265,17 +265,31 @@ fn dead_letter(order_id: &str, letter: Option<&DeadLetter>, namespace: &str) -> 
     }
 }
 
-/// The Attention page: sagas that need a look, oldest first.
+/// The Attention page: sagas that need a look, oldest first; the table is kept current.
 pub fn attention(
     stuck: &[Stuck],
     after: Option<Uuid>,
-    next: Option<Uuid>,
     namespace: &str,
     now: DateTime<Utc>,
 ) -> Markup {
     html! {
         h1 { "Attention" }
         p class="hint" { "Unfinished sagas that are parked (out of retries, with a dead letter), past their step's deadline, or retrying a failing step; oldest first." }
+        section id="attention" data-live-target { (attention_table(stuck, after, namespace, now)) }
+    }
+}
+
+/// One page of the Attention list and the links to the pages beside it.
+pub fn attention_table(
+    stuck: &[Stuck],
+    after: Option<Uuid>,
+    namespace: &str,
+    now: DateTime<Utc>,
+) -> Markup {
+    let next = (stuck.len() == ATTENTION_PAGE as usize)
+        .then(|| stuck.last().map(|s| s.order_id))
+        .flatten();
+    html! {
         @if stuck.is_empty() {
             p class="empty" { "Nothing needs attention." }
         } @else {

@@ -67,7 +67,7 @@ async fn the_explorer_follows_orders_live_in_a_real_browser() {
         ("ORDERMESH_SAGA__RETRY_BACKOFF", "1s"),
         ("ORDERMESH_CLIENT__TIMEOUT", "1s"),
     ];
-    let mesh = env.start_mesh_with(&settings).await;
+    let mut mesh = env.start_mesh_with(&settings).await;
     let admin = mesh.get(ServiceName::Order).admin_addr;
     let mut inventory =
         InventoryServiceClient::new(mesh.get(ServiceName::Inventory).channel().await);
@@ -165,9 +165,6 @@ async fn the_explorer_follows_orders_live_in_a_real_browser() {
         .await
         .unwrap_or_default();
     assert!(!error.is_empty(), "Attention shows the last error");
-    browser
-        .screenshot(&screenshots(), "explorer-attention")
-        .await;
 
     // Its page is open while shipping comes back: it reaches CONFIRMED without a reload.
     browser
@@ -241,6 +238,37 @@ async fn the_explorer_follows_orders_live_in_a_real_browser() {
             .unwrap_or(false),
         "the customer id's script never ran"
     );
+
+    // A step that fails on every delivery parks its saga with a dead letter: Attention shows
+    // it with the command that resumes it. (The order service restarts allowing two
+    // deliveries; inventory is stopped.)
+    let order_grpc = mesh.get(ServiceName::Order).grpc_addr;
+    mesh.kill(ServiceName::Order);
+    let fewer = [("ORDERMESH_SAGA__MAX_DELIVER".to_string(), "2".to_string())];
+    mesh.restart_with(&env, ServiceName::Order, order_grpc, &fewer)
+        .await;
+    let admin = mesh.get(ServiceName::Order).admin_addr;
+    mesh.get(ServiceName::Inventory).signal(Signal::SIGSTOP);
+    let parked = place(&mut orders, &[("MOUSE", 1, 2_500)], "tok_visa").await;
+    browser.goto(&ui(admin, "/ui/attention")).await;
+    let row = format!("#stuck-{}", parked.order_id);
+    browser
+        .wait_text(&format!("{row} .badge"), PATIENCE, |t| t == "parked")
+        .await;
+    let command = browser
+        .wait_text(&format!("{row} code"), PATIENCE, |t| !t.is_empty())
+        .await;
+    assert!(
+        command.starts_with(&format!(
+            "ordermesh dlq redrive --namespace {} ",
+            env.namespace
+        )),
+        "{command}"
+    );
+    browser
+        .screenshot(&screenshots(), "explorer-attention")
+        .await;
+    mesh.get(ServiceName::Inventory).signal(Signal::SIGCONT);
 
     browser.goto(&ui(admin, "/ui")).await;
     browser

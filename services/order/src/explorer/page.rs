@@ -203,17 +203,29 @@ fn or_dash(value: &str) -> &str {
 
 /// "2026-12-06 10:00:00 UTC (in 4s)" or "(overdue by 12s)".
 fn deadline(at: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
+    html! { (full(at)) " (" (until(at, now)) ")" }
+}
+
+fn full(at: DateTime<Utc>) -> String {
+    timestamp(Some(&ordermesh::time::to_proto(at)))
+}
+
+/// "in 4s" or "overdue by 12s", the full time as its tooltip (for tables).
+fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
     let left = at - now;
     let seconds = left.num_seconds().unsigned_abs();
-    let when = timestamp(Some(&ordermesh::time::to_proto(at)));
     html! {
-        (when) " "
         @if left.num_milliseconds() < 0 {
-            span class="error" { "(overdue by " (seconds) "s)" }
+            span class="error" title=(full(at)) { "overdue by " (seconds) "s" }
         } @else {
-            "(in " (seconds) "s)"
+            span title=(full(at)) { "in " (seconds) "s" }
         }
     }
+}
+
+/// "10:00:00 UTC", the full time as its tooltip (for tables).
+fn clock(at: DateTime<Utc>) -> Markup {
+    html! { span title=(full(at)) { (at.format("%H:%M:%S UTC")) } }
 }
 
 pub fn timeline(steps: &[SagaStep]) -> Markup {
@@ -302,14 +314,16 @@ pub fn attention_table(
                             td { (concern(s.concern(now))) }
                             td { (badge(enum_name(&s.status, "ORDER_STATUS_"))) }
                             td { (s.current_step.as_deref().unwrap_or("-")) }
-                            td { (timestamp(Some(&ordermesh::time::to_proto(s.updated_at)))) }
-                            td { @if let Some(d) = s.deadline_at { (deadline(d, now)) } }
+                            td class="when" { (clock(s.updated_at)) }
+                            td class="when" { @if let Some(d) = s.deadline_at { (until(d, now)) } }
                             td class="num" { (s.attempts) }
                             td class="error" { (s.last_error) }
                             td {
                                 @if let Some(l) = &s.dead_letter {
-                                    code { (redrive(l, namespace)) }
-                                    button type="button" data-copy=(redrive(l, namespace)) { "copy" }
+                                    div class="command" {
+                                        code { (redrive(l, namespace)) }
+                                        button type="button" data-copy=(redrive(l, namespace)) { "copy" }
+                                    }
                                 } @else if s.concern(now) == Concern::Parked {
                                     "not found"
                                 }

@@ -11,10 +11,43 @@ use std::{
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
 
-/// A headless Chromium session and the chromedriver it runs under (killed on drop).
+/// A headless Chromium session and the chromedriver it runs under. Dropping it (also while a
+/// failing test unwinds) kills chromedriver and every Chromium process of this session:
+/// Chromium leaves chromedriver's process group, so its processes are found by the profile
+/// directory on their command lines.
 pub struct Browser {
     pub client: Client,
     _driver: tokio::process::Child,
+    profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let marker = self.profile.path().display().to_string();
+        let Ok(processes) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in processes.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            // The browser and its helpers (crash handler included) name the profile directory.
+            if cmdline
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
 }
 
 /// An executable on PATH, or at one of Debian's paths.
@@ -41,6 +74,7 @@ impl Browser {
             return None;
         };
         let port = crate::free_port().await;
+        let profile = tempfile::tempdir().expect("a Chromium profile directory");
         let driver = tokio::process::Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -56,7 +90,8 @@ impl Browser {
                 // Root in a container: no sandbox; /dev/shm may be small.
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--window-size=1400,1000",
-                         "--hide-scrollbars", "--force-device-scale-factor=1"],
+                         "--hide-scrollbars", "--force-device-scale-factor=1",
+                         format!("--user-data-dir={}", profile.path().display())],
             }),
         );
         let url = format!("http://127.0.0.1:{port}");
@@ -71,6 +106,7 @@ impl Browser {
                     return Some(Browser {
                         client,
                         _driver: driver,
+                        profile,
                     });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -176,6 +212,47 @@ impl Browser {
     }
 
     pub async fn close(self) {
-        let _ = self.client.close().await;
+        let _ = self.client.clone().close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts the running processes whose command line names `path`.
+    fn processes_naming(path: &Path) -> usize {
+        let marker = path.display().to_string();
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .unwrap_or_default()
+                    .windows(marker.len())
+                    .any(|w| w == marker.as_bytes())
+            })
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_dropped_browser_leaves_no_chromium_behind_even_without_closing() {
+        let Some(browser) = Browser::start().await else {
+            return;
+        };
+        browser.goto("about:blank").await;
+        let profile = browser.profile.path().to_path_buf();
+        assert!(processes_naming(&profile) > 0, "Chromium runs with its profile");
+        // As when a test panics: no close(), only the drop.
+        drop(browser);
+        let mut left = usize::MAX;
+        for _ in 0..50 {
+            left = processes_naming(&profile);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(left, 0, "Chromium processes still running");
     }
 }

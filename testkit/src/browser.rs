@@ -242,7 +242,10 @@ mod tests {
         };
         browser.goto("about:blank").await;
         let profile = browser.profile.path().to_path_buf();
-        assert!(processes_naming(&profile) > 0, "Chromium runs with its profile");
+        assert!(
+            processes_naming(&profile) > 0,
+            "Chromium runs with its profile"
+        );
         // As when a test panics: no close(), only the drop.
         drop(browser);
         let mut left = usize::MAX;

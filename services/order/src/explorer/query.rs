@@ -125,7 +125,7 @@ pub async fn order(deps: &Deps, order_id: Uuid) -> Result<Option<OrderDetail>, E
     };
     let steps = journal::timeline(&deps.pool, order_id).await?;
     let dead_letter = if seen.saga.phase == Phase::Parked {
-        dead_letter(deps, order_id).await
+        dead_letters(deps, &[order_id]).await.pop().flatten()
     } else {
         None
     };
@@ -152,31 +152,37 @@ pub async fn order(deps: &Deps, order_id: Uuid) -> Result<Option<OrderDetail>, E
     }))
 }
 
-/// The dead letter of `order_id`'s saga: the last message on its subject, if still there
-/// (a redrive removes it). `None` too when the stream cannot be read: the page then says to
-/// look with `ordermesh dlq list`.
-pub async fn dead_letter(deps: &Deps, order_id: Uuid) -> Option<DeadLetter> {
-    let stream = deps
-        .jetstream
-        .get_stream(deps.journal.names.dead_letter_stream())
-        .await
-        .ok()?;
-    let message = stream
-        .get_last_raw_message_by_subject(&deps.journal.names.dead_letter_subject(order_id))
-        .await
-        .ok()?;
-    let header = |name: &str| {
-        message
-            .headers
-            .get(name)
-            .map(|v| v.to_string())
-            .unwrap_or_default()
+/// The dead letters of these orders' sagas, in the same order: the last message on each
+/// order's subject, if still there (a redrive removes it). `None` too when the stream cannot
+/// be read: the page then says to look with `ordermesh dlq list`. The stream is opened once
+/// for all of them.
+pub async fn dead_letters(deps: &Deps, order_ids: &[Uuid]) -> Vec<Option<DeadLetter>> {
+    let names = &deps.journal.names;
+    let Ok(stream) = deps.jetstream.get_stream(names.dead_letter_stream()).await else {
+        return vec![None; order_ids.len()];
     };
-    Some(DeadLetter {
-        sequence: message.sequence,
-        last_error: header(LAST_ERROR),
-        deliveries: header(DELIVERY_COUNT),
-    })
+    let last = |order_id: Uuid| {
+        let stream = &stream;
+        async move {
+            let message = stream
+                .get_last_raw_message_by_subject(&names.dead_letter_subject(order_id))
+                .await
+                .ok()?;
+            let header = |name: &str| {
+                message
+                    .headers
+                    .get(name)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            };
+            Some(DeadLetter {
+                sequence: message.sequence,
+                last_error: header(LAST_ERROR),
+                deliveries: header(DELIVERY_COUNT),
+            })
+        }
+    };
+    futures::future::join_all(order_ids.iter().map(|id| last(*id))).await
 }
 
 /// Why a saga is on the Attention page.
@@ -240,17 +246,18 @@ pub async fn attention(deps: &Deps, after: Option<Uuid>) -> Result<Vec<Stuck>, E
     .bind(ATTENTION_PAGE)
     .fetch_all(&deps.pool)
     .await?;
-    let letters = futures::future::join_all(
-        stuck
-            .iter()
-            .filter(|s| s.phase == Phase::Parked.as_str())
-            .map(|s| async move { (s.order_id, dead_letter(deps, s.order_id).await) }),
-    )
-    .await;
-    for (order_id, letter) in letters {
-        if let Some(s) = stuck.iter_mut().find(|s| s.order_id == order_id) {
-            s.dead_letter = letter;
-        }
+    let parked: Vec<Uuid> = stuck
+        .iter()
+        .filter(|s| s.phase == Phase::Parked.as_str())
+        .map(|s| s.order_id)
+        .collect();
+    // In the same order as `parked`.
+    let mut letters = dead_letters(deps, &parked).await.into_iter();
+    for s in stuck
+        .iter_mut()
+        .filter(|s| s.phase == Phase::Parked.as_str())
+    {
+        s.dead_letter = letters.next().flatten();
     }
     Ok(stuck)
 }

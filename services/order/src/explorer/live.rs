@@ -5,7 +5,7 @@
 //! are best-effort), and end at shutdown or after the explorer's stream limit (the browser's
 //! EventSource then reconnects on its own).
 
-use std::{convert::Infallible, time::Duration};
+use std::{collections::HashMap, convert::Infallible, time::Duration};
 
 use axum::{
     extract::{Path, Query, State, rejection::QueryRejection},
@@ -57,7 +57,7 @@ where
         let _permit = permit;
         let closed = tx.clone();
         tokio::select! {
-            _ = feed(Sender(tx)) => {}
+            _ = feed(Sender { tx, shown: HashMap::new() }) => {}
             _ = closed.closed() => {}
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep(limit) => {}
@@ -69,14 +69,28 @@ where
 }
 
 /// Where a feed sends its events; sending fails once the browser left.
-struct Sender(mpsc::Sender<Result<Event, Infallible>>);
+struct Sender {
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+    /// The last fragment sent under each event name (see [`Sender::update`]).
+    shown: HashMap<&'static str, String>,
+}
 
 impl Sender {
     async fn send(&self, name: &str, html: String) -> Result<(), ()> {
-        self.0
+        self.tx
             .send(Ok(Event::default().event(name).data(html)))
             .await
             .map_err(|_| ())
+    }
+
+    /// Sends `html` as `name` unless it is what was last sent as `name`: a re-read that found
+    /// nothing new costs the browser nothing.
+    async fn update(&mut self, name: &'static str, html: String) -> Result<(), ()> {
+        if self.shown.get(name) != Some(&html) {
+            self.send(name, html.clone()).await?;
+            self.shown.insert(name, html);
+        }
+        Ok(())
     }
 }
 
@@ -153,28 +167,21 @@ async fn follow_orders(
     filter: Filter,
     request: ordermesh::proto::order::ListOrdersRequest,
     mut changes: tokio::sync::watch::Receiver<u64>,
-    tx: Sender,
+    mut tx: Sender,
 ) {
-    let (mut shown_counts, mut shown_orders) = (String::new(), String::new());
     loop {
         if let Ok(now) = counts.get(&deps.pool).await {
             let html = page::counts_bar(&filter, &now).into_string();
-            if html != shown_counts {
-                if tx.send("counts", html.clone()).await.is_err() {
-                    return;
-                }
-                shown_counts = html;
+            if tx.update("counts", html).await.is_err() {
+                return;
             }
         }
         if filter.before.is_none()
             && let Ok((orders, _)) = query::orders(&deps.pool, &request).await
         {
             let html = page::order_table(&orders).into_string();
-            if html != shown_orders {
-                if tx.send("orders", html.clone()).await.is_err() {
-                    return;
-                }
-                shown_orders = html;
+            if tx.update("orders", html).await.is_err() {
+                return;
             }
         }
         tokio::time::sleep(LIST_EVERY).await;
@@ -197,17 +204,13 @@ pub async fn attention(
     let after = AttentionParams::parse(params)?;
     let deps = explorer.deps.get()?.clone();
     let namespace = explorer.namespace.clone();
-    stream(&explorer, move |tx| async move {
-        let mut shown = String::new();
+    stream(&explorer, move |mut tx| async move {
         loop {
             if let Ok(stuck) = query::attention(&deps, after).await {
                 let html = page::attention_table(&stuck, after, &namespace, chrono::Utc::now())
                     .into_string();
-                if html != shown {
-                    if tx.send("attention", html.clone()).await.is_err() {
-                        return;
-                    }
-                    shown = html;
+                if tx.update("attention", html).await.is_err() {
+                    return;
                 }
             }
             tokio::time::sleep(ATTENTION_EVERY).await;

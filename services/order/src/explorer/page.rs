@@ -249,12 +249,18 @@ pub fn timeline(steps: &[SagaStep]) -> Markup {
     }
 }
 
-/// The command that resumes a parked saga, ready to copy.
-fn redrive(letter: &DeadLetter, namespace: &str) -> String {
-    format!(
+/// The command that resumes a parked saga, with a button that copies it.
+fn redrive(letter: &DeadLetter, namespace: &str) -> Markup {
+    let command = format!(
         "ordermesh dlq redrive --namespace {namespace} {}",
         letter.sequence
-    )
+    );
+    html! {
+        div class="command" {
+            code { (command) }
+            button type="button" data-copy=(command) { "copy" }
+        }
+    }
 }
 
 fn dead_letter(order_id: &str, letter: Option<&DeadLetter>, namespace: &str) -> Markup {
@@ -263,10 +269,7 @@ fn dead_letter(order_id: &str, letter: Option<&DeadLetter>, namespace: &str) -> 
             @match letter {
                 Some(l) => {
                     p { "Dead letter " strong { "#" (l.sequence) } " after " (l.deliveries) " deliveries: " span class="error" { (l.last_error) } }
-                    p class="command" {
-                        code { (redrive(l, namespace)) }
-                        button type="button" data-copy=(redrive(l, namespace)) { "copy" }
-                    }
+                    (redrive(l, namespace))
                 }
                 None => {
                     p { "Parked; its dead letter was not found (redriven already?). "
@@ -320,10 +323,7 @@ pub fn attention_table(
                             td class="error" { (s.last_error) }
                             td {
                                 @if let Some(l) = &s.dead_letter {
-                                    div class="command" {
-                                        code { (redrive(l, namespace)) }
-                                        button type="button" data-copy=(redrive(l, namespace)) { "copy" }
-                                    }
+                                    (redrive(l, namespace))
                                 } @else if s.concern(now) == Concern::Parked {
                                     "not found"
                                 }

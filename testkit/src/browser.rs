@@ -23,31 +23,30 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let marker = self.profile.path().display().to_string();
-        let Ok(processes) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in processes.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            // The browser and its helpers (crash handler included) name the profile directory.
-            if cmdline
-                .windows(marker.len())
-                .any(|w| w == marker.as_bytes())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        for pid in processes_naming(self.profile.path()) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
+}
+
+/// The running processes whose command line names `path` (the browser and its helpers,
+/// crash handler included, all name the profile directory).
+fn processes_naming(path: &Path) -> Vec<nix::unistd::Pid> {
+    let marker = path.display().to_string();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    processes
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            cmdline
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes())
+                .then(|| nix::unistd::Pid::from_raw(pid))
+        })
+        .collect()
 }
 
 /// An executable on PATH, or at one of Debian's paths.
@@ -220,21 +219,6 @@ impl Browser {
 mod tests {
     use super::*;
 
-    /// Counts the running processes whose command line names `path`.
-    fn processes_naming(path: &Path) -> usize {
-        let marker = path.display().to_string();
-        std::fs::read_dir("/proc")
-            .expect("/proc")
-            .flatten()
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline"))
-                    .unwrap_or_default()
-                    .windows(marker.len())
-                    .any(|w| w == marker.as_bytes())
-            })
-            .count()
-    }
-
     #[tokio::test]
     async fn a_dropped_browser_leaves_no_chromium_behind_even_without_closing() {
         let Some(browser) = Browser::start().await else {
@@ -243,14 +227,14 @@ mod tests {
         browser.goto("about:blank").await;
         let profile = browser.profile.path().to_path_buf();
         assert!(
-            processes_naming(&profile) > 0,
+            !processes_naming(&profile).is_empty(),
             "Chromium runs with its profile"
         );
         // As when a test panics: no close(), only the drop.
         drop(browser);
         let mut left = usize::MAX;
         for _ in 0..50 {
-            left = processes_naming(&profile);
+            left = processes_naming(&profile).len();
             if left == 0 {
                 break;
             }

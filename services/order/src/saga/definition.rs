@@ -314,9 +314,7 @@ pub const TERMINAL_MARK: &str = "[*]";
 /// `ordermesh saga graph` prints it as Mermaid ([`mermaid`]); the explorer draws it as SVG.
 pub fn graph() -> Vec<Transition> {
     let status = |s: OrderStatus| {
-        s.as_str_name()
-            .trim_start_matches("ORDER_STATUS_")
-            .to_string()
+        ordermesh::display::enum_name(s.as_str_name(), "ORDER_STATUS_").to_string()
     };
     let edge = |from: &str, to: &str, label: String, cause: Cause| Transition {
         from: from.to_string(),

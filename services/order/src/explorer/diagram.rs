@@ -193,19 +193,18 @@ fn edge<'a>(
             } }
         }
         (from, TERMINAL_MARK) => {
+            // The end mark: right of a forward status, under the others; the line stops at
+            // the mark's outer ring.
             let n = find(from)?;
-            let (x, y) = if n.y == ROWS[0] {
-                (n.x + n.width / 2.0 + 34.0, n.y)
+            let ((sx, sy), (x, y), (ex, ey)) = if n.y == ROWS[0] {
+                let right = n.x + n.width / 2.0;
+                ((right, n.y), (right + 34.0, n.y), (right + 26.0, n.y))
             } else {
-                (n.x, n.y + half + 26.0)
-            };
-            let (sx, sy) = if n.y == ROWS[0] {
-                (n.x + n.width / 2.0, n.y)
-            } else {
-                (n.x, n.y + half)
+                let bottom = n.y + half;
+                ((n.x, bottom), (n.x, bottom + 26.0), (n.x, bottom + 18.0))
             };
             html! { g class=(class) {
-                line x1=(sx) y1=(sy) x2=(if n.y == ROWS[0] { x - 8.0 } else { x }) y2=(if n.y == ROWS[0] { y } else { y - 8.0 }) marker-end=(marker) {}
+                line x1=(sx) y1=(sy) x2=(ex) y2=(ey) marker-end=(marker) {}
                 circle cx=(x) cy=(y) r="7" class="mark end" {}
                 circle cx=(x) cy=(y) r="4" class="mark" {}
             } }

@@ -70,7 +70,8 @@ pub async fn orders(
     Ok((orders, q.size))
 }
 
-/// What the explorer shows of one saga.
+/// What the explorer shows of one saga: the stored saga's fields minus the payment token it
+/// may still hold, which no page (and no `Debug` of this) should carry.
 #[derive(Debug, Clone)]
 pub struct SagaState {
     pub phase: Phase,
